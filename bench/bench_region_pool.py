@@ -1,0 +1,88 @@
+"""region_pool: the fused kernel against the two ways people write it in plain PyTorch.
+
+Time:   pytest bench/bench_region_pool.py --benchmark-enable --benchmark-json=out.json
+Report: python bench/report.py out.json bench/results/region_pool_<device>
+Without --benchmark-enable (the default in pyproject) every case runs once and the three
+methods are checked against each other, so CI keeps the benchmark working.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fussfast.ops import region_pool
+
+B = 8
+IGNORE = -1
+
+
+def scatter_add_pool(emb, labels, K):
+    """torch_scatter's method: scatter_add_ sums and counts, ignored pixels into a spare bin."""
+    Bn, D = emb.shape[:2]
+    x, lab = emb.flatten(2), labels.flatten(1)
+    idx = torch.where(lab == IGNORE, K, lab)
+    sums = x.new_zeros(Bn, D, K + 1).scatter_add_(2, idx[:, None, :].expand(Bn, D, -1), x)
+    counts = x.new_zeros(Bn, K + 1).scatter_add_(1, idx, torch.ones_like(lab, dtype=x.dtype))
+    means = sums[:, :, :K] / counts[:, None, :K].clamp(min=1)
+    return means.transpose(1, 2), counts[:, :K]
+
+
+def one_hot_pool(emb, labels, K):
+    """One-hot masks and a batched matrix product."""
+    lab = labels.flatten(1)
+    onehot = F.one_hot(torch.where(lab == IGNORE, K, lab), K + 1)[..., :K].to(emb.dtype)  # [B, P, K]
+    sums = torch.einsum("bdp,bpk->bkd", emb.flatten(2), onehot)
+    counts = onehot.sum(1)
+    return sums / counts.clamp(min=1)[..., None], counts
+
+
+METHODS = {
+    "fused": lambda e, l, K: region_pool(e, l, K),
+    "scatter_add": scatter_add_pool,
+    "one_hot_einsum": one_hot_pool,
+}
+
+
+def segmentation_labels(H, W, K, device, seed=0):
+    """Blocky label maps like real segmentations: a coarse random grid upsampled, 5% ignored."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, K, (B, 1, max(H // 7, 1), max(W // 7, 1)), generator=g).float()
+    labels = F.interpolate(coarse, size=(H, W), mode="nearest")[:, 0].long()
+    labels[torch.rand(B, H, W, generator=g) < 0.05] = IGNORE
+    return labels.to(device)
+
+
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("K", [19, 27])
+@pytest.mark.parametrize("D", [70, 256])
+@pytest.mark.parametrize("HW", [(28, 28), (128, 256)], ids=["28x28", "128x256"])
+def bench_region_pool(benchmark, device, HW, D, K, method, mode):
+    H, W = HW
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(B, D, H, W, generator=g).to(device).requires_grad_(mode == "forward_backward")
+    labels = segmentation_labels(H, W, K, device)
+    grad = torch.randn(B, K, D, generator=g).to(device)
+    fn = METHODS[method]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run():
+        means, _ = fn(emb, labels, K)
+        if mode == "forward_backward":
+            (emb_grad,) = torch.autograd.grad(means, emb, grad)
+        sync()
+        return means
+
+    # Same answer as the fused op, so a timing never comes from a wrong result.
+    want = region_pool(emb.detach().double(), labels, K)[0].float()
+    torch.testing.assert_close(run().detach(), want, rtol=1e-4, atol=1e-5)
+
+    elem = emb.element_size()
+    bytes_moved = emb.numel() * elem + labels.numel() * labels.element_size() + B * K * (D * elem + 8)
+    if mode == "forward_backward":  # backward reads the labels again and writes the gradient
+        bytes_moved += emb.numel() * elem + labels.numel() * labels.element_size()
+    benchmark.group = f"{device.type} {H}x{W} D={D} K={K} {mode}"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                                method=method, mode=mode, B=B, H=H, W=W, D=D, K=K, dtype="float32",
+                                min_bytes=bytes_moved, threads=torch.get_num_threads())
+    benchmark(run)

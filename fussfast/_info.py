@@ -1,0 +1,45 @@
+"""What this build of the extension contains, and what the machine offers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fussfast import _C
+
+
+def build_info() -> dict[str, Any]:
+    """Facts about the compiled extension.
+
+    Keys: ``version``, ``cuda_compiled`` (CUDA kernels were built), ``cuda_archs`` (CMake
+    architecture list, e.g. ``["80-real", "90-real", "90-virtual"]``), ``cuda_runtime_version``
+    (the CUDA runtime the kernels were built against, or None), ``openmp`` and ``num_threads``
+    (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it).
+    """
+    return dict(_C.build_info())
+
+
+def cuda_available() -> bool:
+    """True when this build has CUDA kernels and torch sees a GPU to run them on."""
+    import torch
+
+    return bool(_C.build_info()["cuda_compiled"]) and torch.cuda.is_available()
+
+
+def runtime_report() -> str:
+    """build_info() plus torch and the visible devices, as printed by `python -m fussfast info`."""
+    import torch
+
+    info = build_info()
+    lines = [f"fussfast {info['version']}"]
+    for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads"):
+        lines.append(f"  {key}: {info[key]}")
+    lines.append(f"torch {torch.__version__} (built with CUDA {torch.version.cuda})")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"  cuda:{i}: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB")
+        if not info["cuda_compiled"]:
+            lines.append("  note: a GPU is visible but this build has no CUDA kernels")
+    else:
+        lines.append("  no CUDA device visible: CPU kernels only")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Pixel-to-region pooling (FedSeg's region memory): per image and class, the mean embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fussfast import _C
+from fussfast.ops import _boundary as bnd
+
+OP = "region_pool"
+NORM_EPS = 1e-10
+
+
+def region_pool(
+    embeddings: Any,
+    labels: Any,
+    num_classes: int,
+    *,
+    ignore_index: int = -1,
+    normalize: bool = False,
+    backend: str = "fused",
+) -> tuple[Any, Any]:
+    """Mean pixel embedding per image and class.
+
+    Args:
+        embeddings: ``[B, D, *S]`` float32/float64/float16/bfloat16 (``S`` is usually ``H, W``).
+            torch tensor (autograd supported), NumPy array (CPU) or CuPy/DLPack array (CUDA).
+        labels: ``[B, *S]`` int32 or int64 class per pixel, same kind and device as embeddings.
+        num_classes: K. Every label must lie in ``[0, K)`` or equal ``ignore_index``.
+        ignore_index: label of pixels that belong to no region (checked before the range).
+        normalize: L2-normalize each region mean over D (``x / max(||x||, 1e-10)``).
+        backend: ``"fused"`` (the compiled kernel) or ``"reference"`` (pure torch).
+
+    Returns:
+        ``(means [B, K, D], counts [B, K])``: means in the embeddings' dtype (accumulated in
+        float32, or float64 for float64 input), counts int64. An empty region has a zero mean and
+        count 0, never NaN. Outputs are of the same kind as the inputs (torch, NumPy, CuPy).
+
+    Raises:
+        TypeError: wrong array kind or dtype. ValueError: shapes that disagree, ``num_classes``
+        < 1, labels outside ``[0, K)`` that are not ``ignore_index``, mixed devices.
+
+    On CUDA the label check reads one flag back, which synchronizes with the stream. Sums use
+    float atomics there, so the last bits may differ between runs.
+    """
+    bnd.check_backend(OP, backend)
+    (emb, lab), restore = bnd.to_torch(OP, embeddings=embeddings, labels=labels)
+    num_classes, ignore_index = _check_inputs(emb, lab, num_classes, ignore_index)
+    if backend == "reference":
+        means, counts = _reference(emb, lab, num_classes, ignore_index, normalize)
+    else:
+        means, counts = _RegionPool.apply(emb, lab, num_classes, ignore_index, bool(normalize))
+    return restore(means), restore(counts)
+
+
+def region_pool_reference(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    ignore_index: int = -1,
+    normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch region_pool, written from the definition; same contract as region_pool."""
+    num_classes, ignore_index = _check_inputs(embeddings, labels, num_classes, ignore_index)
+    return _reference(embeddings, labels, num_classes, ignore_index, normalize)
+
+
+def _reference(emb, labels, num_classes, ignore_index, normalize):
+    B, D = emb.shape[:2]
+    x = emb.to(bnd.accumulation_dtype(emb.dtype)).flatten(2).transpose(1, 2)  # [B, P, D]
+    lab = labels.flatten(1).long()
+    ignored = lab == ignore_index
+    _raise_on_bad_labels(lab, num_classes, ignore_index, ignored)
+    # Row b*(K+1) + k holds class k of image b; ignored pixels go to the spare row K.
+    rows = torch.where(ignored, num_classes, lab) + torch.arange(B, device=lab.device)[:, None] * (num_classes + 1)
+    sums = x.new_zeros(B * (num_classes + 1), D).index_add(0, rows.flatten(), x.flatten(0, 1))
+    counts = torch.bincount(rows.flatten(), minlength=B * (num_classes + 1))
+    sums = sums.view(B, num_classes + 1, D)[:, :num_classes]
+    counts = counts.view(B, num_classes + 1)[:, :num_classes]
+    means = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
+    if normalize:
+        means = means / means.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    return means.to(emb.dtype), counts
+
+
+class _RegionPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, emb, labels, num_classes, ignore_index, normalize):
+        x, lab = bnd.kernel_input(emb), bnd.kernel_input(labels)
+        B, D = x.shape[:2]
+        acc = torch.zeros(B, num_classes, D, dtype=bnd.accumulation_dtype(x.dtype), device=x.device)
+        counts = torch.zeros(B, num_classes, dtype=torch.int64, device=x.device)
+        means = torch.empty(B, num_classes, D, dtype=x.dtype, device=x.device)
+        regions = torch.empty(lab.shape, dtype=torch.int32, device=x.device)
+        status = torch.zeros(1, dtype=torch.int32, device=x.device)
+        _C.region_pool_forward(x, lab, acc, counts, means, regions, status, ignore_index, normalize,
+                               bnd.stream_handle(x.device))
+        if status.item():
+            _raise_on_bad_labels(lab.flatten(1).long(), num_classes, ignore_index)
+        ctx.save_for_backward(acc, counts, regions)
+        ctx.shape, ctx.normalize = x.shape, normalize
+        ctx.mark_non_differentiable(counts)
+        return means, counts
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_means, _grad_counts):
+        acc, counts, regions = ctx.saved_tensors
+        grad_means = bnd.kernel_input(grad_means)
+        grad_rows = torch.empty_like(acc)
+        grad_emb = torch.empty(ctx.shape, dtype=grad_means.dtype, device=grad_means.device)
+        _C.region_pool_backward(grad_means, acc, counts, regions, grad_rows, grad_emb, ctx.normalize,
+                                bnd.stream_handle(grad_emb.device))
+        return grad_emb, None, None, None, None
+
+
+def _check_inputs(emb, labels, num_classes, ignore_index):
+    bnd.check_dtype(OP, "embeddings", emb, bnd.FLOAT_DTYPES)
+    bnd.check_dtype(OP, "labels", labels, bnd.INDEX_DTYPES)
+    num_classes = bnd.check_int(OP, "num_classes", num_classes, minimum=1)
+    ignore_index = bnd.check_int(OP, "ignore_index", ignore_index)
+    if emb.dim() < 3 or labels.shape[:1] != emb.shape[:1] or labels.shape[1:] != emb.shape[2:]:
+        raise ValueError(
+            f"{OP}: embeddings {list(emb.shape)} and labels {list(labels.shape)} must agree in batch "
+            "and spatial size (embeddings [B, D, *S], labels [B, *S])"
+        )
+    bnd.check_same_device(OP, embeddings=emb, labels=labels)
+    return num_classes, ignore_index
+
+
+def _raise_on_bad_labels(lab, num_classes, ignore_index, ignored=None):
+    if ignored is None:
+        ignored = lab == ignore_index
+    bad = ~ignored & ((lab < 0) | (lab >= num_classes))
+    if bad.any():
+        values = torch.unique(lab[bad])
+        shown = ", ".join(str(v) for v in values[:8].tolist()) + (", ..." if len(values) > 8 else "")
+        raise ValueError(
+            f"{OP}: {int(bad.sum())} labels outside [0, {num_classes}) that are not "
+            f"ignore_index={ignore_index}: {shown}"
+        )
