@@ -1,15 +1,16 @@
 """region_pool: the fused kernel against the two ways people write it in plain PyTorch.
 
 Time:   pytest bench/bench_region_pool.py --benchmark-enable --benchmark-json=out.json
-Report: python bench/report.py out.json bench/results/region_pool_<device>
-Without --benchmark-enable (the default in pyproject) every case runs once and the three
-methods are checked against each other, so CI keeps the benchmark working.
+Report: python bench/report.py out.json bench/results/<name>
+Without --benchmark-enable (the default in pyproject) every case runs once and the methods are
+checked against each other, so CI keeps the benchmark working.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _common import cuda_peak_mb, record, sync_for
 from fussfast.ops import region_pool
 
 B = 8
@@ -58,13 +59,14 @@ def segmentation_labels(H, W, K, device, seed=0):
 @pytest.mark.parametrize("D", [70, 256])
 @pytest.mark.parametrize("HW", [(28, 28), (128, 256)], ids=["28x28", "128x256"])
 def bench_region_pool(benchmark, device, HW, D, K, method, mode):
+    if benchmark.disabled and (HW, D, K) != ((28, 28), 70, 19):
+        pytest.skip("smoke runs (no --benchmark-enable) cover the smallest case")
     H, W = HW
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(B, D, H, W, generator=g).to(device).requires_grad_(mode == "forward_backward")
     labels = segmentation_labels(H, W, K, device)
     grad = torch.randn(B, K, D, generator=g).to(device)
-    fn = METHODS[method]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn, sync = METHODS[method], sync_for(device)
 
     def run():
         means, _ = fn(emb, labels, K)
@@ -81,8 +83,6 @@ def bench_region_pool(benchmark, device, HW, D, K, method, mode):
     bytes_moved = emb.numel() * elem + labels.numel() * labels.element_size() + B * K * (D * elem + 8)
     if mode == "forward_backward":  # backward reads the labels again and writes the gradient
         bytes_moved += emb.numel() * elem + labels.numel() * labels.element_size()
-    benchmark.group = f"{device.type} {H}x{W} D={D} K={K} {mode}"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                                method=method, mode=mode, B=B, H=H, W=W, D=D, K=K, dtype="float32",
-                                min_bytes=bytes_moved, threads=torch.get_num_threads())
+    record(benchmark, op="region_pool", device=device, case=f"B={B} {H}x{W} D={D} K={K}", method=method,
+           mode=mode, dtype=emb.dtype, min_bytes=bytes_moved, peak_mb=cuda_peak_mb(run, device))
     benchmark(run)

@@ -1,11 +1,10 @@
 """Turn a pytest-benchmark JSON into the committed results: a compact JSON and a Markdown table
-with the fused op's speed-up over the better baseline and its effective bandwidth.
+per op, with the fused op's speed-up over each baseline measured in the same run.
 
-    python bench/report.py out.json bench/results/region_pool_cpu
+    python bench/report.py out.json bench/results/<name>
 """
 
 import json
-import platform
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -15,38 +14,60 @@ def main(src: str, dst: str) -> None:
     raw = json.loads(Path(src).read_text())
     groups = defaultdict(dict)
     for b in raw["benchmarks"]:
-        info = b["extra_info"]
-        key = (info["device"], f"{info['H']}x{info['W']}", info["D"], info["K"], info["mode"])
-        groups[key][info["method"]] = {"median_s": b["stats"]["median"], "min_bytes": info["min_bytes"]}
-
+        i = b["extra_info"]
+        key = (i["op"], i["device"], i["case"], i["dtype"], i["mode"])
+        groups[key][i["method"]] = {"median_ms": b["stats"]["median"] * 1e3, "peak_mb": i.get("peak_mb"),
+                                    "min_bytes": i.get("min_bytes"), "threads": i.get("threads")}
     rows = []
-    for (device, size, D, K, mode), m in sorted(groups.items()):
-        fused = m["fused"]["median_s"]
-        baselines = {k: v["median_s"] for k, v in m.items() if k != "fused"}
-        best = min(baselines, key=baselines.get)
-        rows.append({
-            "device": device, "labels": size, "D": D, "K": K, "mode": mode,
-            "median_ms": {k: v["median_s"] * 1e3 for k, v in m.items()},
-            "speedup_vs_best_baseline": baselines[best] / fused, "best_baseline": best,
-            "fused_GBps": m["fused"]["min_bytes"] / fused / 1e9,
-        })
-    machine = raw.get("machine_info", {})
-    out = {"op": "region_pool", "B": 8, "dtype": "float32", "cpu": machine.get("cpu", {}).get("brand_raw"),
-           "python": platform.python_version(), "datetime": raw.get("datetime"), "rows": rows}
+    for (op, device, case, dtype, mode), m in sorted(groups.items()):
+        if "fused" not in m:
+            continue
+        fused = m["fused"]["median_ms"]
+        row = {"op": op, "device": device, "case": case, "dtype": dtype, "mode": mode,
+               "median_ms": {k: v["median_ms"] for k, v in m.items()},
+               "speedup": {k: v["median_ms"] / fused for k, v in m.items() if k != "fused"},
+               "peak_mb": {k: v["peak_mb"] for k, v in m.items() if v["peak_mb"] is not None} or None,
+               "threads": m["fused"]["threads"]}
+        if m["fused"]["min_bytes"]:
+            row["fused_GBps"] = m["fused"]["min_bytes"] / (fused / 1e3) / 1e9
+        rows.append(row)
+    cpu = raw.get("machine_info", {}).get("cpu", {}).get("brand_raw")
+    out = {"cpu": cpu, "datetime": raw.get("datetime"), "torch": _torch_version(), "rows": rows}
     Path(dst + ".json").write_text(json.dumps(out, indent=1) + "\n")
 
-    lines = [f"# region_pool, B=8, float32, {rows[0]['device'] if rows else ''}", "",
-             f"CPU: {out['cpu']}. Median times in ms; speed-up = better baseline / fused; "
-             "GB/s = the fewest bytes the op must move / fused time.", "",
-             "| labels | D | K | pass | fused | scatter_add | one-hot einsum | speed-up | fused GB/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t = r["median_ms"]
-        lines.append(f"| {r['labels']} | {r['D']} | {r['K']} | {r['mode'].replace('_', '+')} | "
-                     f"{t['fused']:.3f} | {t['scatter_add']:.3f} | {t['one_hot_einsum']:.3f} | "
-                     f"{r['speedup_vs_best_baseline']:.1f}x | {r['fused_GBps']:.1f} |")
-    Path(dst + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines = []
+    for op in sorted({r["op"] for r in rows}):
+        ops = [r for r in rows if r["op"] == op]
+        baselines = sorted({k for r in ops for k in r["speedup"]})
+        lines += [f"## {op} ({ops[0]['device']}, {ops[0]['threads']} threads)", "",
+                  "Median ms; `x` = baseline time / fused time, measured in the same run." +
+                  (" GB/s = fewest bytes the op must move / fused time." if "fused_GBps" in ops[0] else ""), "",
+                  "| case | dtype | pass | fused | " + " | ".join(baselines) + " | " +
+                  " | ".join(f"vs {b}" for b in baselines) + (" | GB/s" if "fused_GBps" in ops[0] else "") +
+                  (" | peak MiB (fused / " + " / ".join(baselines) + ")" if ops[0]["peak_mb"] else "") + " |",
+                  "|" + "---|" * (4 + 2 * len(baselines) + ("fused_GBps" in ops[0]) + bool(ops[0]["peak_mb"]))]
+        for r in ops:
+            t = r["median_ms"]
+            cells = [r["case"], r["dtype"], r["mode"].replace("_", "+"), f"{t['fused']:.3f}"]
+            cells += [f"{t[b]:.3f}" if b in t else "-" for b in baselines]
+            cells += [f"{r['speedup'][b]:.2f}x" if b in r["speedup"] else "-" for b in baselines]
+            if "fused_GBps" in r:
+                cells.append(f"{r['fused_GBps']:.1f}")
+            if r["peak_mb"]:
+                cells.append(" / ".join(f"{r['peak_mb'].get(k, float('nan')):.0f}" for k in ["fused"] + baselines))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    header = [f"# Benchmarks: {out['cpu']}, torch {out['torch']}, {out['datetime']}", ""]
+    Path(dst + ".md").write_text("\n".join(header + lines))
+    print("\n".join(header + lines))
+
+
+def _torch_version():
+    try:
+        import torch
+        return torch.__version__
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

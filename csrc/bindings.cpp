@@ -4,12 +4,17 @@
 // guard the internal contract with messages that still name the op and the argument.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/gemm_cpu.h"
 #include "common/tensor.h"
+#include "cluster/cluster.h"
+#include "correlation/correlation.h"
 #include "region_pool/region_pool.h"
 
 #ifdef _OPENMP
@@ -86,8 +91,8 @@ void expect_shape(const std::string& op, const std::string& name, const Tensor& 
   expect(ok, op, name + " must have shape " + w.shape_str() + ", got " + t.shape_str());
 }
 
-void expect_same_device(const std::string& op, std::initializer_list<const Tensor*> ts) {
-  const Tensor* first = *ts.begin();
+void expect_same_device(const std::string& op, const std::vector<const Tensor*>& ts) {
+  const Tensor* first = ts.front();
   for (const Tensor* t : ts)
     expect(t->device == first->device && t->device_id == first->device_id, op,
            "all tensors must be on the same device");
@@ -192,6 +197,160 @@ void region_pool_backward(In grad_means_a, In acc_a, In counts_a, In regions_a, 
       });
 }
 
+DType accumulation(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
+
+// ---- cluster_assign / cluster_labels ---------------------------------------------------------
+
+void cluster_forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a,
+                     std::optional<Out> labels_a, std::optional<Out> total_a,
+                     std::optional<Out> grad_z_a, std::optional<Out> grad_c_a, uintptr_t stream) {
+  const std::string op = "cluster_assign";
+  Tensor z = view(op, "codes", z_a), c = view(op, "centroids", c_a);
+  expect(z.ndim >= 2 && c.ndim == 2, op, "codes must be [B, D, ...] and centroids [K, D]");
+  expect(z.dtype != DType::i32 && z.dtype != DType::i64 && c.dtype == z.dtype, op,
+         "codes and centroids must share one floating dtype");
+  const int64_t B = z.size(0), D = z.size(1), P = z.inner(2), K = c.size(0);
+  expect(c.size(1) == D && K >= 1, op,
+         "centroids " + c.shape_str() + " must be [K, D] with D = " + std::to_string(D));
+  const DType acc = accumulation(z.dtype);
+  std::vector<const Tensor*> all{&z, &c};
+  cluster::Outputs out;
+  Tensor probs, labels, total, grad_z, grad_c;
+  if (probs_a) {
+    probs = view(op, "probs", *probs_a);
+    expect_dtype(op, "probs", probs, z.dtype);
+    expect(probs.numel() == B * K * P, op, "probs must be [B, K, ...]");
+    out.probs = &probs;
+  }
+  if (labels_a) {
+    labels = view(op, "labels", *labels_a);
+    expect_dtype(op, "labels", labels, DType::i64);
+    expect(labels.numel() == B * P, op, "labels must be [B, ...]");
+    out.labels = &labels;
+  }
+  if (total_a) {
+    total = view(op, "total", *total_a);
+    expect_dtype(op, "total", total, acc);
+    expect_shape(op, "total", total, {B});
+    out.total = &total;
+  }
+  if (grad_z_a) {
+    grad_z = view(op, "grad_codes", *grad_z_a);
+    expect_dtype(op, "grad_codes", grad_z, acc);
+    expect(grad_z.numel() == z.numel(), op, "grad_codes must have the codes' shape");
+    out.grad_z = &grad_z;
+  }
+  if (grad_c_a) {
+    grad_c = view(op, "grad_centroids", *grad_c_a);
+    expect_dtype(op, "grad_centroids", grad_c, acc);
+    expect_shape(op, "grad_centroids", grad_c, {B, K, D});
+    out.grad_c = &grad_c;
+  }
+  for (const Tensor* t : {out.probs, out.labels, out.total, out.grad_z, out.grad_c})
+    if (t) all.push_back(t);
+  expect_same_device(op, all);
+  nb::gil_scoped_release release;
+  on_device(
+      op, z, [&] { cluster::forward_cpu(z, c, alpha, out); },
+      [&] {
+#ifdef FUSSFAST_WITH_CUDA
+        cluster::forward_cuda(z, c, alpha, out, stream);
+#endif
+      });
+}
+
+// ---- correlation_loss ------------------------------------------------------------------------
+
+struct PairShape {
+  int64_t B, C, P, Q;
+};
+
+PairShape check_feature_pair(const std::string& op, const Tensor& f1, const Tensor& f2) {
+  expect(f1.ndim >= 2 && f2.ndim >= 2, op, "feats must be [B, C, ...]");
+  expect(f1.dtype != DType::i32 && f1.dtype != DType::i64, op, "feats must be floating");
+  expect(f2.dtype == f1.dtype, op, "feats1 and feats2 must share a dtype");
+  PairShape s{f1.size(0), f1.size(1), f1.inner(2), f2.inner(2)};
+  expect(f2.size(0) == s.B && f2.size(1) == s.C, op,
+         "feats1 " + f1.shape_str() + " and feats2 " + f2.shape_str() + " must share B and C");
+  return s;
+}
+
+correlation::Stats view_stats(const std::string& op, const PairShape& s, DType acc, In inv1,
+                              In inv2, In off1, In pair_mean, In centre) {
+  correlation::Stats st{view(op, "inv1", inv1), view(op, "inv2", inv2), view(op, "off1", off1),
+                        view(op, "pair_mean", pair_mean), view(op, "centre", centre)};
+  const std::vector<std::pair<const Tensor*, std::vector<int64_t>>> want{
+      {&st.inv1, {s.B, s.P}}, {&st.inv2, {s.B, s.Q}}, {&st.off1, {s.B, s.P}},
+      {&st.pair_mean, {s.B}}, {&st.centre, {s.B, 2, s.C}}};
+  for (const auto& [t, shape] : want) {
+    expect_dtype(op, "statistics", *t, acc);
+    expect_shape(op, "statistics", *t, shape);
+  }
+  return st;
+}
+
+void correlation_stats(In f1_a, In f2_a, In inv1, In inv2, In off1, In pair_mean, In centre,
+                       bool pointwise, uintptr_t stream) {
+  const std::string op = "correlation_loss";
+  Tensor f1 = view(op, "feats1", f1_a), f2 = view(op, "feats2", f2_a);
+  auto s = check_feature_pair(op, f1, f2);
+  auto st = view_stats(op, s, accumulation(f1.dtype), inv1, inv2, off1, pair_mean, centre);
+  expect_same_device(op, {&f1, &f2, &st.inv1, &st.inv2, &st.off1, &st.pair_mean, &st.centre});
+  nb::gil_scoped_release release;
+  on_device(
+      op, f1, [&] { correlation::stats_cpu(f1, f2, st, pointwise); },
+      [&] {
+#ifdef FUSSFAST_WITH_CUDA
+        correlation::stats_cuda(f1, f2, st, pointwise, stream);
+#endif
+      });
+}
+
+void correlation_forward(In f1_a, In f2_a, In z1_a, In z2_a, In inv1, In inv2, In off1,
+                         In pair_mean, In centre, In bias_a, Out loss_a, std::optional<Out> gz1_a,
+                         std::optional<Out> gz2_a, double lo, double hi, uintptr_t stream) {
+  const std::string op = "correlation_loss";
+  Tensor f1 = view(op, "feats1", f1_a), f2 = view(op, "feats2", f2_a);
+  Tensor z1 = view(op, "codes1", z1_a), z2 = view(op, "codes2", z2_a);
+  Tensor bias = view(op, "bias", bias_a), loss = view(op, "loss", loss_a);
+  auto s = check_feature_pair(op, f1, f2);
+  const DType acc = accumulation(f1.dtype);
+  auto st = view_stats(op, s, acc, inv1, inv2, off1, pair_mean, centre);
+  expect(z1.ndim >= 2 && z2.ndim >= 2, op, "codes must be [B, D, ...]");
+  const int64_t D = z1.size(1);
+  expect(z1.size(0) == s.B && z2.size(0) == s.B && z2.size(1) == D && z1.inner(2) == s.P &&
+             z2.inner(2) == s.Q,
+         op, "codes1 " + z1.shape_str() + " / codes2 " + z2.shape_str() +
+                 " must match the feature maps " + f1.shape_str() + " / " + f2.shape_str());
+  expect(z1.dtype == f1.dtype && z2.dtype == f1.dtype, op, "feats and codes must share a dtype");
+  expect_dtype(op, "bias", bias, acc);
+  expect_shape(op, "bias", bias, {s.B});
+  expect_dtype(op, "loss", loss, acc);
+  expect_shape(op, "loss", loss, {s.B});
+  expect(gz1_a.has_value() == gz2_a.has_value(), op, "pass both code gradients or neither");
+  std::vector<const Tensor*> all{&f1, &f2, &z1, &z2, &bias, &loss, &st.inv1};
+  correlation::Grads grads;
+  if (gz1_a) {
+    grads = {view(op, "grad_codes1", *gz1_a), view(op, "grad_codes2", *gz2_a)};
+    expect_dtype(op, "grad_codes1", grads.z1, acc);
+    expect_dtype(op, "grad_codes2", grads.z2, acc);
+    expect(grads.z1.numel() == z1.numel() && grads.z2.numel() == z2.numel(), op,
+           "code gradients must have the codes' shapes");
+    all.push_back(&grads.z1);
+    all.push_back(&grads.z2);
+  }
+  expect_same_device(op, all);
+  const correlation::Grads* g = gz1_a ? &grads : nullptr;
+  nb::gil_scoped_release release;
+  on_device(
+      op, f1, [&] { correlation::forward_cpu(f1, f2, z1, z2, st, bias, loss, g, lo, hi); },
+      [&] {
+#ifdef FUSSFAST_WITH_CUDA
+        correlation::forward_cuda(f1, f2, z1, z2, st, bias, loss, g, lo, hi, stream);
+#endif
+      });
+}
+
 // ---- build information -----------------------------------------------------------------------
 
 nb::dict build_info() {
@@ -215,6 +374,7 @@ nb::dict build_info() {
   info["cuda_archs"] = nb::list();
   info["cuda_runtime_version"] = nb::none();
 #endif
+  info["cpu_isa"] = cpu::gemm_isa();
 #ifdef _OPENMP
   info["openmp"] = true;
   info["num_threads"] = omp_get_max_threads();
@@ -234,6 +394,21 @@ NB_MODULE(_C, m) {
         nb::arg("labels").noconvert(), nb::arg("acc").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("means").noconvert(), nb::arg("regions").noconvert(), nb::arg("status").noconvert(),
         nb::arg("ignore_index"), nb::arg("normalize"), nb::arg("stream"));
+  m.def("cluster_forward", &cluster_forward, nb::arg("codes").noconvert(),
+        nb::arg("centroids").noconvert(), nb::arg("alpha"), nb::arg("probs").noconvert().none(),
+        nb::arg("labels").noconvert().none(), nb::arg("total").noconvert().none(),
+        nb::arg("grad_codes").noconvert().none(), nb::arg("grad_centroids").noconvert().none(),
+        nb::arg("stream"));
+  m.def("correlation_stats", &correlation_stats, nb::arg("feats1").noconvert(),
+        nb::arg("feats2").noconvert(), nb::arg("inv1").noconvert(), nb::arg("inv2").noconvert(),
+        nb::arg("off1").noconvert(), nb::arg("pair_mean").noconvert(), nb::arg("centre").noconvert(),
+        nb::arg("pointwise"), nb::arg("stream"));
+  m.def("correlation_forward", &correlation_forward, nb::arg("feats1").noconvert(),
+        nb::arg("feats2").noconvert(), nb::arg("codes1").noconvert(), nb::arg("codes2").noconvert(),
+        nb::arg("inv1").noconvert(), nb::arg("inv2").noconvert(), nb::arg("off1").noconvert(),
+        nb::arg("pair_mean").noconvert(), nb::arg("centre").noconvert(), nb::arg("bias").noconvert(),
+        nb::arg("loss").noconvert(), nb::arg("grad_codes1").noconvert().none(),
+        nb::arg("grad_codes2").noconvert().none(), nb::arg("lo"), nb::arg("hi"), nb::arg("stream"));
   m.def("region_pool_backward", &region_pool_backward, nb::arg("grad_means").noconvert(),
         nb::arg("acc").noconvert(), nb::arg("counts").noconvert(), nb::arg("regions").noconvert(),
         nb::arg("grad_rows").noconvert(), nb::arg("grad_embeddings").noconvert(),

@@ -13,7 +13,8 @@ def build_info() -> dict[str, Any]:
     Keys: ``version``, ``cuda_compiled`` (CUDA kernels were built), ``cuda_archs`` (CMake
     architecture list, e.g. ``["80-real", "90-real", "90-virtual"]``), ``cuda_runtime_version``
     (the CUDA runtime the kernels were built against, or None), ``openmp`` and ``num_threads``
-    (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it).
+    (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it), and ``cpu_isa``
+    (``"avx2"`` or ``"baseline"``: the matrix-product kernel this CPU runs).
     """
     return dict(_C.build_info())
 
@@ -31,7 +32,7 @@ def runtime_report() -> str:
 
     info = build_info()
     lines = [f"fussfast {info['version']}"]
-    for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads"):
+    for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads", "cpu_isa"):
         lines.append(f"  {key}: {info[key]}")
     lines.append(f"torch {torch.__version__} (built with CUDA {torch.version.cuda})")
     if torch.cuda.is_available():

@@ -11,10 +11,11 @@ import fussfast
 
 def test_build_info_fields():
     info = fussfast.build_info()
-    assert set(info) == {"version", "cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads"}
+    assert set(info) == {"version", "cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp",
+                         "num_threads", "cpu_isa"}
     assert info["version"] == importlib.metadata.version("fussfast") == fussfast.__version__
     assert isinstance(info["cuda_compiled"], bool) and isinstance(info["openmp"], bool)
-    assert info["num_threads"] >= 1
+    assert info["num_threads"] >= 1 and info["cpu_isa"] in ("avx2", "baseline")
     if info["cuda_compiled"]:
         assert info["cuda_archs"] and all(isinstance(a, str) for a in info["cuda_archs"])
         major, minor = info["cuda_runtime_version"].split(".")

@@ -35,9 +35,11 @@ struct Tensor {
   int64_t shape[kMaxDims] = {};
 
   int64_t size(int i) const { return shape[i < 0 ? i + ndim : i]; }
-  int64_t numel() const {
+  int64_t numel() const { return inner(0); }
+  // Product of the sizes from dim `from` on: the spatial size P of an NCHW map is inner(2).
+  int64_t inner(int from) const {
     int64_t n = 1;
-    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    for (int i = from; i < ndim; ++i) n *= shape[i];
     return n;
   }
   template <class T> T* ptr() const { return static_cast<T*>(data); }

@@ -1,6 +1,16 @@
 """Public kernels. Each op takes torch tensors (or NumPy/DLPack arrays) on CPU or CUDA, supports
 autograd where a gradient exists, and has a pure-torch reference selected by backend="reference"."""
 
+from fussfast.ops.cluster import cluster_assign, cluster_assign_reference, cluster_labels
+from fussfast.ops.correlation import correlation_loss, correlation_loss_reference
 from fussfast.ops.region_pool import region_pool, region_pool_reference
 
-__all__ = ["region_pool", "region_pool_reference"]
+__all__ = [
+    "cluster_assign",
+    "cluster_assign_reference",
+    "cluster_labels",
+    "correlation_loss",
+    "correlation_loss_reference",
+    "region_pool",
+    "region_pool_reference",
+]

@@ -1,0 +1,170 @@
+// CPU kernels. forward: tasks are (pair, block of kTileP rows of P), one contiguous range per
+// thread. Each task walks Q in blocks of kTileQ: the raw feature product and the code product
+// come from the blocked matrix kernel, F is scaled and centred, the loss and d loss / d S are
+// taken elementwise, then the two code-gradient products. grad_z1 rows belong to one task;
+// grad_z2 sums over all of P, so each thread keeps a private copy per pair it touches and the
+// copies are added in thread order: results do not depend on timing.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../common/gemm_cpu.h"
+#include "correlation.h"
+
+namespace fussfast::correlation {
+namespace {
+
+constexpr int64_t kTileP = 128, kTileQ = 128;
+
+template <class A>
+void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool pointwise) {
+  const int64_t B = f1t.size(0), C = f1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const A* f1 = f1t.ptr<A>() + b * C * P;
+    const A* f2 = f2t.ptr<A>() + b * C * Q;
+    A* inv1 = st.inv1.ptr<A>() + b * P;
+    A* inv2 = st.inv2.ptr<A>() + b * Q;
+    A* off1 = st.off1.ptr<A>() + b * P;
+    A* m1 = st.centre.ptr<A>() + b * 2 * C;
+    A* m2 = m1 + C;
+    // sums of squares over channels, walking each channel row contiguously
+    auto inverse_norms = [&](const A* f, int64_t n, A* inv) {
+      std::vector<double> sq(n, 0.0);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < n; ++i) sq[i] += double(f[c * n + i]) * f[c * n + i];
+      for (int64_t i = 0; i < n; ++i) inv[i] = A(inverse_norm(sq[i]));
+    };
+    inverse_norms(f1, P, inv1);
+    inverse_norms(f2, Q, inv2);
+    double mean = 0;
+    std::fill(off1, off1 + P, A(0));
+    if (pointwise) {
+      for (int64_t c = 0; c < C; ++c) {
+        double s1 = 0, s2 = 0;
+        for (int64_t p = 0; p < P; ++p) s1 += double(f1[c * P + p]) * inv1[p];
+        for (int64_t q = 0; q < Q; ++q) s2 += double(f2[c * Q + q]) * inv2[q];
+        m1[c] = A(s1 / P);
+        m2[c] = A(s2 / Q);
+        mean += double(m1[c]) * m2[c];
+      }
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t p = 0; p < P; ++p) off1[p] += f1[c * P + p] * m2[c];
+      for (int64_t p = 0; p < P; ++p) off1[p] *= inv1[p];
+    }
+    st.pair_mean.ptr<A>()[b] = A(mean);
+  }
+}
+
+template <class A>
+void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const Tensor& z2t,
+                  const Stats& st, const Tensor& bias_t, const Tensor& loss_t, const Grads* grads,
+                  A lo, A hi) {
+  const int64_t B = f1t.size(0), C = f1t.size(1), D = z1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
+  if (B == 0) return;
+  const A *f1 = f1t.ptr<A>(), *f2 = f2t.ptr<A>(), *z1 = z1t.ptr<A>(), *z2 = z2t.ptr<A>();
+  const A *inv1 = st.inv1.ptr<A>(), *inv2 = st.inv2.ptr<A>(), *off1 = st.off1.ptr<A>();
+  const A* bias = bias_t.ptr<A>();
+  A* gz1 = grads ? grads->z1.ptr<A>() : nullptr;
+  A* gz2 = grads ? grads->z2.ptr<A>() : nullptr;
+
+  const int64_t pblocks = std::max<int64_t>((P + kTileP - 1) / kTileP, 1);
+  const int64_t tasks = B * pblocks;
+#ifdef _OPENMP
+  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
+#else
+  const int threads = 1;
+#endif
+  auto task_begin = [&](int t) { return tasks * t / threads; };
+  // Thread t touches pairs first_pair(t) .. last_pair(t); its grad_z2 copy of pair b is slot
+  // slot0[t] + b - first_pair(t).
+  auto first_pair = [&](int t) { return task_begin(t) / pblocks; };
+  auto last_pair = [&](int t) { return (task_begin(t + 1) - 1) / pblocks; };
+  std::vector<int64_t> slot0(threads + 1, 0);
+  for (int t = 0; t < threads; ++t) slot0[t + 1] = slot0[t] + last_pair(t) - first_pair(t) + 1;
+  std::vector<A> gz2_private(grads ? slot0[threads] * D * Q : 0, A(0));
+  std::vector<double> task_loss(tasks, 0.0);
+
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ);
+    for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
+      const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;
+      const int64_t tp = std::min(kTileP, P - p0);
+      const A *f1b = f1 + b * C * P + p0, *z1b = z1 + b * D * P + p0;
+      const A *inv1b = inv1 + b * P + p0, *off1b = off1 + b * P + p0;
+      A* gz2b = grads ? gz2_private.data() + (slot0[t] + b - first_pair(t)) * D * Q : nullptr;
+      double loss_sum = 0;
+      for (int64_t q0 = 0; q0 < Q; q0 += kTileQ) {
+        const int64_t tq = std::min(kTileQ, Q - q0);
+        const A* inv2b = inv2 + b * Q + q0;
+        // raw feature product and code product: [p][q] = sum_c x1[c][p0 + p] x2[c][q0 + q]
+        cpu::gemm({tp, tq, C, 1, P, Q, 1, kTileQ, false}, f1b, f2 + b * C * Q + q0, F.data());
+        cpu::gemm({tp, tq, D, 1, P, Q, 1, kTileQ, false}, z1b, z2 + b * D * Q + q0, S.data());
+        A tile_loss = 0;
+        for (int64_t p = 0; p < tp; ++p)
+          for (int64_t q = 0; q < tq; ++q) {
+            const int64_t i = p * kTileQ + q;
+            const A f = inv1b[p] * inv2b[q] * F[i] - off1b[p];
+            W[i] = pair_term(f, S[i], bias[b], lo, hi, tile_loss);
+          }
+        loss_sum += tile_loss;
+        if (!grads) continue;
+        // grad_z1[d][p0 + p] += sum_q z2[d][q0 + q] W[p][q]
+        cpu::gemm({D, tp, tq, Q, 1, 1, kTileQ, P, true}, z2 + b * D * Q + q0, W.data(), gz1 + b * D * P + p0);
+        // grad_z2[d][q0 + q] += sum_p z1[d][p0 + p] W[p][q]
+        cpu::gemm({D, tq, tp, P, 1, kTileQ, 1, Q, true}, z1b, W.data(), gz2b + q0);
+      }
+      task_loss[task] = loss_sum;
+    }
+  }
+
+  A* loss = loss_t.ptr<A>();
+  for (int64_t b = 0; b < B; ++b) {
+    double s = 0;
+    for (int64_t i = 0; i < pblocks; ++i) s += task_loss[b * pblocks + i];
+    loss[b] = static_cast<A>(s);
+  }
+  if (!grads) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int t = 0; t < threads; ++t) {
+      if (b < first_pair(t) || b > last_pair(t)) continue;
+      const A* src = gz2_private.data() + (slot0[t] + b - first_pair(t)) * D * Q;
+      A* dst = gz2 + b * D * Q;
+      for (int64_t i = 0; i < D * Q; ++i) dst[i] += src[i];
+    }
+}
+
+[[noreturn]] void cpu_dtype_error() {
+  fail("correlation_loss", "the CPU kernels take float32 or float64 (the wrapper upcasts)");
+}
+
+}  // namespace
+
+void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise) {
+  if (f1.dtype == DType::f32) return stats_impl<float>(f1, f2, st, pointwise);
+  if (f1.dtype == DType::f64) return stats_impl<double>(f1, f2, st, pointwise);
+  cpu_dtype_error();
+}
+
+void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
+                 const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads,
+                 double lo, double hi) {
+  if (f1.dtype == DType::f32)
+    return forward_impl<float>(f1, f2, z1, z2, st, bias, loss, grads, float(lo), float(hi));
+  if (f1.dtype == DType::f64)
+    return forward_impl<double>(f1, f2, z1, z2, st, bias, loss, grads, lo, hi);
+  cpu_dtype_error();
+}
+
+}  // namespace fussfast::correlation
