@@ -98,6 +98,13 @@ void expect_same_device(const std::string& op, const std::vector<const Tensor*>&
            "all tensors must be on the same device");
 }
 
+void expect_floating(const std::string& op, const std::string& name, const Tensor& t) {
+  expect(t.dtype != DType::i32 && t.dtype != DType::i64, op, name + " must be floating");
+}
+
+// The accumulation type of the kernels for inputs of type t.
+DType accumulation(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
+
 // Runs cpu() or cuda() for the device of t.
 template <class Cpu, class Cuda>
 void on_device(const std::string& op, const Tensor& t, Cpu cpu, Cuda cuda) {
@@ -120,8 +127,7 @@ struct RegionPoolShape {
 
 RegionPoolShape check_region_pool(const std::string& op, const Tensor& features,
                                   const Tensor& regions, const Tensor& acc, const Tensor& counts) {
-  expect(features.dtype != DType::i32 && features.dtype != DType::i64, op,
-         "embeddings must be floating");
+  expect_floating(op, "embeddings", features);
   expect(features.ndim >= 2 && regions.ndim >= 1 && regions.size(0) == features.size(0), op,
          "embeddings must be [B, D, ...] and regions [B, ...]");
   expect(counts.ndim == 2, op, "counts must be [B, K]");
@@ -131,7 +137,7 @@ RegionPoolShape check_region_pool(const std::string& op, const Tensor& features,
          "embeddings " + features.shape_str() + " and labels " + regions.shape_str() +
              " disagree in spatial size");
   expect_dtype(op, "regions", regions, DType::i32);
-  expect_dtype(op, "acc", acc, features.dtype == DType::f64 ? DType::f64 : DType::f32);
+  expect_dtype(op, "acc", acc, accumulation(features.dtype));
   expect_shape(op, "acc", acc, {s.B, s.K, s.D});
   expect_dtype(op, "counts", counts, DType::i64);
   expect_shape(op, "counts", counts, {s.B, s.K});
@@ -197,8 +203,6 @@ void region_pool_backward(In grad_means_a, In acc_a, In counts_a, In regions_a, 
       });
 }
 
-DType accumulation(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
-
 // ---- cluster_assign / cluster_labels ---------------------------------------------------------
 
 void cluster_forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a,
@@ -207,8 +211,8 @@ void cluster_forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a,
   const std::string op = "cluster_assign";
   Tensor z = view(op, "codes", z_a), c = view(op, "centroids", c_a);
   expect(z.ndim >= 2 && c.ndim == 2, op, "codes must be [B, D, ...] and centroids [K, D]");
-  expect(z.dtype != DType::i32 && z.dtype != DType::i64 && c.dtype == z.dtype, op,
-         "codes and centroids must share one floating dtype");
+  expect_floating(op, "codes", z);
+  expect(c.dtype == z.dtype, op, "codes and centroids must share a dtype");
   const int64_t B = z.size(0), D = z.size(1), P = z.inner(2), K = c.size(0);
   expect(c.size(1) == D && K >= 1, op,
          "centroids " + c.shape_str() + " must be [K, D] with D = " + std::to_string(D));
@@ -267,7 +271,7 @@ struct PairShape {
 
 PairShape check_feature_pair(const std::string& op, const Tensor& f1, const Tensor& f2) {
   expect(f1.ndim >= 2 && f2.ndim >= 2, op, "feats must be [B, C, ...]");
-  expect(f1.dtype != DType::i32 && f1.dtype != DType::i64, op, "feats must be floating");
+  expect_floating(op, "feats", f1);
   expect(f2.dtype == f1.dtype, op, "feats1 and feats2 must share a dtype");
   PairShape s{f1.size(0), f1.size(1), f1.inner(2), f2.inner(2)};
   expect(f2.size(0) == s.B && f2.size(1) == s.C, op,

@@ -1,6 +1,7 @@
 // CUDA kernel: one thread per pixel, kThreads pixels per block. The block stages the centroids
-// in shared memory, each thread keeps its pixel's inner products and gradient row in shared
-// memory, and the block adds its part of the centroid gradient with one atomic per (k, d).
+// in shared memory; each thread computes its pixel's K inner products and assignment; the
+// gradient rows go to shared memory so that the block adds its part of the centroid gradient
+// with one atomic per (k, d).
 #include "../common/cuda_utils.h"
 #include "cluster.h"
 
@@ -8,6 +9,7 @@ namespace fussfast::cluster {
 namespace {
 
 constexpr int kThreads = 64;
+constexpr int kMaxCentroids = 64;
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
@@ -15,38 +17,30 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t* labels, acc_t<T>* total, acc_t<T>* grad_z, acc_t<T>* grad_c, int64_t D,
                    int64_t P, int64_t K, unsigned blocks_per_image) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   A* cs = reinterpret_cast<A*>(smem_raw);  // [K][D] centroids
-  A* xs = cs + K * D;                      // [K][kThreads] inner products, then probabilities
-  A* gs = xs + K * kThreads;               // [K][kThreads] gradient rows (when asked)
+  A* gs = cs + K * D;                      // [K][kThreads] gradient rows, for grad_c
   __shared__ A warp_total[kThreads / 32];
   const int tid = threadIdx.x;
   const int64_t b = blockIdx.x / blocks_per_image;
   const int64_t p0 = int64_t(blockIdx.x % blocks_per_image) * kThreads;
   const int64_t p = p0 + tid;
-  const bool valid = p < P;
   const int64_t np = min(int64_t(kThreads), P - p0);
   for (int64_t i = tid; i < K * D; i += kThreads) cs[i] = A(load(c + i));
   __syncthreads();
 
   A pixel_total = 0;
-  if (valid) {
-    const T* zp = z + b * D * P + p;  // inner products accumulate in shared memory
-    for (int64_t k = 0; k < K; ++k) xs[k * kThreads + tid] = 0;
+  if (p < P) {
+    A x[kMaxCentroids], prob[kMaxCentroids], g[kMaxCentroids];  // K <= kMaxCentroids: checked
+    for (int64_t k = 0; k < K; ++k) x[k] = 0;
+    const T* zp = z + b * D * P + p;
     for (int64_t d = 0; d < D; ++d) {
       const A zd = A(load(zp + d * P));
-      for (int64_t k = 0; k < K; ++k) xs[k * kThreads + tid] += zd * cs[k * D + d];
+      for (int64_t k = 0; k < K; ++k) x[k] += zd * cs[k * D + d];
     }
-  }
-  // assign_pixel works on contiguous rows; gather this thread's row (K is small)
-  if (valid) {
-    constexpr int kMaxLocal = 64;
-    A row[kMaxLocal], prob[kMaxLocal], g[kMaxLocal];
-    // K <= kMaxLocal is checked at launch
-    for (int64_t k = 0; k < K; ++k) row[k] = xs[k * kThreads + tid];
     int64_t best;
     const bool grad = grad_z != nullptr || grad_c != nullptr;
-    pixel_total = assign_pixel(row, K, alpha, prob, grad ? g : nullptr, best);
+    pixel_total = assign_pixel(x, K, alpha, prob, grad ? g : nullptr, best);
     if (labels) labels[b * P + p] = best;
     if (probs)
       for (int64_t k = 0; k < K; ++k) store(probs + (b * K + k) * P + p, prob[k]);
@@ -88,14 +82,14 @@ void forward_cuda(const Tensor& z, const Tensor& c, double alpha, const Outputs&
                   uintptr_t stream_handle) {
   const int64_t B = z.size(0), D = z.size(1), P = z.inner(2), K = c.size(0);
   if (B * P == 0) return;
-  if (K > 64)
-    fail("cluster_assign", "the CUDA kernel takes at most 64 centroids (got " + std::to_string(K) +
-                               "); use backend=\"reference\"");
+  if (K > kMaxCentroids)
+    fail("cluster_assign", "the CUDA kernel takes at most " + std::to_string(kMaxCentroids) +
+                               " centroids (got " + std::to_string(K) + "); use backend=\"reference\"");
   DeviceGuard guard(z.device_id, "cluster_assign");
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   FF_DISPATCH_FLOAT(z.dtype, "cluster_assign", [&] {
     using A = acc_t<scalar_t>;
-    const size_t smem = sizeof(A) * (K * D + 2 * K * kThreads);
+    const size_t smem = sizeof(A) * (K * D + K * kThreads);
     if (smem > 48 * 1024)
       fail("cluster_assign", "K * D too large for the CUDA kernel's shared memory (K=" +
                                  std::to_string(K) + ", D=" + std::to_string(D) + ")");

@@ -57,12 +57,15 @@ inline void micro_kernel(int64_t K, const float* pa, const float* pb, float* out
 template <int W>
 void pack(const float* x, int64_t R, int64_t K, int64_t s_r, int64_t s_k, std::vector<float>& out) {
   const int64_t panels = (R + W - 1) / W;
-  out.assign(panels * K * W, 0.f);
+  out.resize(panels * K * W);
   for (int64_t pn = 0; pn < panels; ++pn) {
     const int64_t r0 = pn * W, w = std::min<int64_t>(W, R - r0);
     float* dst = out.data() + pn * K * W;
     const float* src = x + r0 * s_r;
-    if (s_r < s_k) {
+    if (w < W) std::fill(dst, dst + K * W, 0.f);
+    if (s_r == 1 && w == W) {  // whole panel rows are contiguous: fixed-size copies
+      for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * W, src + k * s_k, W * sizeof(float));
+    } else if (s_r < s_k) {
       for (int64_t k = 0; k < K; ++k)
         for (int64_t j = 0; j < w; ++j) dst[k * W + j] = src[j * s_r + k * s_k];
     } else {

@@ -5,11 +5,16 @@
 //
 // forward: a block owns one pair and a tile of kT rows, and walks the other side in tiles of kT
 // columns. The raw feature tile and the code tile are built from kK-deep slices staged in shared
-// memory (float accumulation; double for float64), F is scaled and centred, each element goes
+// memory: float FMA for float32 (double for float64), tensor-core mma with float accumulation
+// for float16 and bfloat16. F is scaled and centred, each element goes
 // through pair_term, and the block adds its rows of the first side's code gradient (rows only it
 // writes: no atomics). The second side's gradient is the same computation with the sides
 // swapped (F and S transpose; the centring term moves from rows to columns), so a second launch
 // produces it, again without atomics.
+#include <mma.h>
+
+#include <type_traits>
+
 #include "../common/cuda_utils.h"
 #include "correlation.h"
 
@@ -110,6 +115,53 @@ __device__ void tile_product(const T* __restrict__ a, int64_t lda, int64_t rows,
   }
 }
 
+// 16-bit inputs take the tensor cores: warps 0..3 each own a 16x16 quarter of the tile (float
+// accumulation over the staged slices), and the result goes through shared memory to the
+// (ty, tx) layout that the elementwise part uses.
+template <class T> struct mma_element;
+template <> struct mma_element<half_t> { using type = __half; };
+template <> struct mma_element<bfloat16_t> { using type = __nv_bfloat16; };
+template <class T>
+constexpr bool kTensorCores = std::is_same_v<T, half_t> || std::is_same_v<T, bfloat16_t>;
+
+template <class T>
+__device__ void tile_product_mma(const T* __restrict__ a, int64_t lda, int64_t rows,
+                                 const T* __restrict__ b, int64_t ldb, int64_t cols, int64_t K,
+                                 T (&as)[kK][kT], T (&bs)[kK][kT], float (&out)[kT][kT + 4],
+                                 float (&acc)[kRows]) {
+  using namespace nvcuda;
+  using E = typename mma_element<T>::type;
+  const int tid = threadIdx.x, warp = tid / 32, tx = tid % kT, ty = tid / kT;
+  const int fm = (warp / 2) * 16, fn = (warp % 2) * 16;  // this warp's quarter (warps 0..3)
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag;
+  wmma::fill_fragment(frag, 0.f);
+  for (int64_t k0 = 0; k0 < K; k0 += kK) {
+    for (int e = tid; e < kK * kT; e += kThreads) {
+      const int k = e / kT, col = e % kT;
+      const bool in_k = k0 + k < K;
+      as[k][col] = in_k && col < rows ? a[(k0 + k) * lda + col] : T{0};
+      bs[k][col] = in_k && col < cols ? b[(k0 + k) * ldb + col] : T{0};
+    }
+    __syncthreads();
+    if (warp < 4) {
+      for (int kk = 0; kk < kK; kk += 16) {
+        // as[k][row] is the tile's A operand in column-major order, bs[k][col] its B in row-major
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::col_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> fb;
+        wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(&as[kk][fm]), kT);
+        wmma::load_matrix_sync(fb, reinterpret_cast<const E*>(&bs[kk][fn]), kT);
+        wmma::mma_sync(frag, fa, fb, frag);
+      }
+    }
+    __syncthreads();
+  }
+  if (warp < 4) wmma::store_matrix_sync(&out[fm][fn], frag, kT + 4, wmma::mem_row_major);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) acc[i] = out[ty + 8 * i][tx];
+  __syncthreads();  // out is reused by the next product
+}
+
 // Rows side r (length R) against columns side c (length Q'):
 //   F = inv_r[p] inv_c[q] (fr[:, p] . fc[:, q]) - off_r[p] - off_c[q], S = zr[:, p] . zc[:, q].
 // Adds sum_q W[p][q] zc[:, q] to grad_r (when given) and the loss to loss[b] (when given).
@@ -140,8 +192,15 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t q0 = 0; q0 < Qc; q0 += kT) {
     const int64_t tq = min(int64_t(kT), Qc - q0);
     A f[kRows] = {}, s[kRows] = {};
-    tile_product(frb, R, tr, fc + b * C * Qc + q0, Qc, tq, C, as, bs, f);
-    tile_product(zrb, R, tr, zc + b * D * Qc + q0, Qc, tq, D, as, bs, s);
+    if constexpr (kTensorCores<T>) {
+      __shared__ __align__(32) T as_h[kK][kT], bs_h[kK][kT];
+      __shared__ __align__(32) float out_tile[kT][kT + 4];
+      tile_product_mma(frb, R, tr, fc + b * C * Qc + q0, Qc, tq, C, as_h, bs_h, out_tile, f);
+      tile_product_mma(zrb, R, tr, zc + b * D * Qc + q0, Qc, tq, D, as_h, bs_h, out_tile, s);
+    } else {
+      tile_product(frb, R, tr, fc + b * C * Qc + q0, Qc, tq, C, as, bs, f);
+      tile_product(zrb, R, tr, zc + b * D * Qc + q0, Qc, tq, D, as, bs, s);
+    }
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int p = ty + 8 * i;

@@ -91,6 +91,15 @@ def stream_handle(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
+NORM_EPS = 1e-10  # STEGO's norm(): F.normalize(t, dim=1, eps=1e-10)
+
+
+def l2_normalize(t: torch.Tensor) -> torch.Tensor:
+    """t / max(||t||, 1e-10) over dim 1, with autograd: F.normalize's value, but a plain sum of
+    squares, which torch reduces much faster than its strided norm on NCHW layouts."""
+    return t / t.square().sum(1, keepdim=True).sqrt().clamp_min(NORM_EPS)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Kernels accumulate 16-bit and float32 inputs in float32, float64 in float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -12,7 +12,6 @@ from fussfast import _C
 from fussfast.ops import _boundary as bnd
 
 OP = "cluster_assign"
-NORM_EPS = 1e-10
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -49,8 +48,8 @@ def cluster_assign(
         per_image, probs = _reference(codes, centroids, alpha)
     else:
         dtype = _kernel_dtype(codes)
-        z = _normalize(codes.to(dtype).flatten(2))
-        c = _normalize(centroids.to(dtype))
+        z = bnd.l2_normalize(codes.to(dtype).flatten(2))
+        c = bnd.l2_normalize(centroids.to(dtype))
         probs = torch.empty(B, K, H * W, dtype=dtype, device=codes.device)
         totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs)  # alpha < 0: hard
         per_image = -totals / (H * W)
@@ -73,7 +72,7 @@ def cluster_labels(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor
     with torch.no_grad():
         # Scaling a pixel's code does not move its argmax, so only the centroids are normalized.
         z = bnd.kernel_input(codes.to(dtype)).flatten(2)
-        c = bnd.kernel_input(_normalize(centroids.to(dtype)))
+        c = bnd.kernel_input(bnd.l2_normalize(centroids.to(dtype)))
         _C.cluster_forward(z, c, -1.0, None, labels, None, None, None, bnd.stream_handle(z.device))
     return labels.view(B, H, W)
 
@@ -85,8 +84,8 @@ def cluster_assign_reference(codes, centroids, *, alpha=None, reduction="mean"):
 
 def _reference(codes, centroids, alpha):
     dtype = bnd.accumulation_dtype(codes.dtype)
-    normed_clusters = F.normalize(centroids.to(dtype), dim=1, eps=NORM_EPS)
-    normed_features = F.normalize(codes.to(dtype), dim=1, eps=NORM_EPS)
+    normed_clusters = F.normalize(centroids.to(dtype), dim=1, eps=bnd.NORM_EPS)
+    normed_features = F.normalize(codes.to(dtype), dim=1, eps=bnd.NORM_EPS)
     inner = torch.einsum("bchw,nc->bnhw", normed_features, normed_clusters)
     if alpha is None:
         probs = F.one_hot(torch.argmax(inner, dim=1), centroids.shape[0]).permute(0, 3, 1, 2).to(dtype)
@@ -99,11 +98,6 @@ def _reference(codes, centroids, alpha):
 def _kernel_dtype(codes: torch.Tensor) -> torch.dtype:
     # The CPU kernel computes in float32 (float64 for float64); CUDA reads 16-bit codes as they are.
     return bnd.accumulation_dtype(codes.dtype) if codes.device.type == "cpu" else codes.dtype
-
-
-def _normalize(t: torch.Tensor) -> torch.Tensor:
-    """L2 normalization over dim 1 (same value as F.normalize, cheaper on NCHW layouts)."""
-    return t / t.square().sum(1, keepdim=True).sqrt().clamp_min(NORM_EPS)
 
 
 class _ClusterAssign(torch.autograd.Function):

@@ -12,7 +12,6 @@ from fussfast import _C
 from fussfast.ops import _boundary as bnd
 
 OP = "correlation_loss"
-NORM_EPS = 1e-10  # STEGO's norm(): F.normalize(t, dim=1, eps=1e-10)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -75,7 +74,7 @@ def correlation_loss_reference(feats1, feats2, codes1, codes2, shift, *, pointwi
 
 
 def _norm(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return F.normalize(t.to(dtype).flatten(2), dim=1, eps=NORM_EPS)  # [B, C, P]
+    return F.normalize(t.to(dtype).flatten(2), dim=1, eps=bnd.NORM_EPS)  # [B, C, P]
 
 
 def _reference(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
@@ -108,16 +107,9 @@ def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
     bias = -shift.to(acc)
     if pointwise:  # the global mean of F, per group of pairs
         bias = bias + stats[3].reshape(groups, -1).mean(1).repeat_interleave(B // groups)
-    z1, z2 = _normalize_codes(codes1, dtype), _normalize_codes(codes2, dtype)
+    z1, z2 = bnd.l2_normalize(codes1.to(dtype).flatten(2)), bnd.l2_normalize(codes2.to(dtype).flatten(2))
     sums = _Correlation.apply(z1, z2, f1, f2, stats, bias.contiguous(), lo, hi)
     return sums / (P * Q)
-
-
-def _normalize_codes(codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """N(codes) flattened to [B, D, P], with autograd; the same value as F.normalize, but a
-    plain sum over channels instead of torch's slower strided norm reduction."""
-    c = codes.to(dtype).flatten(2)
-    return c / c.square().sum(1, keepdim=True).sqrt().clamp_min(NORM_EPS)
 
 
 class _Correlation(torch.autograd.Function):

@@ -11,7 +11,6 @@ from fussfast import _C
 from fussfast.ops import _boundary as bnd
 
 OP = "region_pool"
-NORM_EPS = 1e-10
 
 
 def region_pool(
@@ -83,7 +82,7 @@ def _reference(emb, labels, num_classes, ignore_index, normalize):
     counts = counts.view(B, num_classes + 1)[:, :num_classes]
     means = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
     if normalize:
-        means = means / means.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        means = means / means.norm(dim=-1, keepdim=True).clamp_min(bnd.NORM_EPS)
     return means.to(emb.dtype), counts
 
 
