@@ -17,7 +17,8 @@ def main(src: str, dst: str) -> None:
         i = b["extra_info"]
         key = (i["op"], i["device"], i["case"], i["dtype"], i["mode"])
         groups[key][i["method"]] = {"median_ms": b["stats"]["median"] * 1e3, "peak_mb": i.get("peak_mb"),
-                                    "min_bytes": i.get("min_bytes"), "threads": i.get("threads")}
+                                    "min_bytes": i.get("min_bytes"), "threads": i.get("threads"),
+                                    "inertia": i.get("inertia")}
     rows = []
     for (op, device, case, dtype, mode), m in sorted(groups.items()):
         if "fused" not in m:
@@ -27,6 +28,7 @@ def main(src: str, dst: str) -> None:
                "median_ms": {k: v["median_ms"] for k, v in m.items()},
                "speedup": {k: v["median_ms"] / fused for k, v in m.items() if k != "fused"},
                "peak_mb": {k: v["peak_mb"] for k, v in m.items() if v["peak_mb"] is not None} or None,
+               "inertia": {k: v["inertia"] for k, v in m.items() if v["inertia"] is not None} or None,
                "threads": m["fused"]["threads"]}
         if m["fused"]["min_bytes"]:
             row["fused_GBps"] = m["fused"]["min_bytes"] / (fused / 1e3) / 1e9
@@ -44,8 +46,10 @@ def main(src: str, dst: str) -> None:
                   (" GB/s = fewest bytes the op must move / fused time." if "fused_GBps" in ops[0] else ""), "",
                   "| case | dtype | pass | fused | " + " | ".join(baselines) + " | " +
                   " | ".join(f"vs {b}" for b in baselines) + (" | GB/s" if "fused_GBps" in ops[0] else "") +
-                  (" | peak MiB (fused / " + " / ".join(baselines) + ")" if ops[0]["peak_mb"] else "") + " |",
-                  "|" + "---|" * (4 + 2 * len(baselines) + ("fused_GBps" in ops[0]) + bool(ops[0]["peak_mb"]))]
+                  (" | peak MiB (fused / " + " / ".join(baselines) + ")" if ops[0]["peak_mb"] else "") +
+                  (" | inertia (fused / " + " / ".join(baselines) + ")" if ops[0]["inertia"] else "") + " |",
+                  "|" + "---|" * (4 + 2 * len(baselines) + ("fused_GBps" in ops[0]) + bool(ops[0]["peak_mb"])
+                                  + bool(ops[0]["inertia"]))]
         for r in ops:
             t = r["median_ms"]
             cells = [r["case"], r["dtype"], r["mode"].replace("_", "+"), f"{t['fused']:.3f}"]
@@ -55,6 +59,8 @@ def main(src: str, dst: str) -> None:
                 cells.append(f"{r['fused_GBps']:.1f}")
             if r["peak_mb"]:
                 cells.append(" / ".join(f"{r['peak_mb'].get(k, float('nan')):.0f}" for k in ["fused"] + baselines))
+            if r["inertia"]:
+                cells.append(" / ".join(f"{r['inertia'].get(k, float('nan')):.6g}" for k in ["fused"] + baselines))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     header = [f"# Benchmarks: {out['cpu']}, torch {out['torch']}, {out['datetime']}", ""]

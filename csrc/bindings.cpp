@@ -15,6 +15,8 @@
 #include "common/tensor.h"
 #include "cluster/cluster.h"
 #include "correlation/correlation.h"
+#include "kmeans/kmeans.h"
+#include "maximin/maximin.h"
 #include "region_pool/region_pool.h"
 
 #ifdef _OPENMP
@@ -355,6 +357,72 @@ void correlation_forward(In f1_a, In f2_a, In z1_a, In z2_a, In inv1, In inv2, I
       });
 }
 
+// ---- kmeans / maximin ------------------------------------------------------------------------
+
+Tensor check_points(const std::string& op, In points_a) {
+  Tensor x = view(op, "points", points_a);
+  expect(x.ndim == 2 && x.size(0) > 0, op, "points must be a non-empty [M, D] array");
+  expect(x.dtype == DType::f32 || x.dtype == DType::f64, op, "points must be float32 or float64");
+  return x;
+}
+
+nb::tuple run_kmeans(In points_a, std::optional<In> weights_a, int64_t k, int64_t n_init,
+                 int64_t max_iter, double tol, uint64_t seed, bool cosine, Out centroids_a,
+                 Out labels_a, uintptr_t stream) {
+  const std::string op = "kmeans";
+  Tensor x = check_points(op, points_a);
+  const int64_t M = x.size(0), D = x.size(1);
+  expect(k >= 1 && k <= M && n_init >= 1 && max_iter >= 1 && tol >= 0, op,
+         "k must be in [1, M]; n_init, max_iter >= 1; tol >= 0");
+  Tensor centroids = view(op, "centroids", centroids_a), labels = view(op, "labels", labels_a);
+  expect_dtype(op, "centroids", centroids, x.dtype);
+  expect_shape(op, "centroids", centroids, {k, D});
+  expect_dtype(op, "labels", labels, DType::i64);
+  expect_shape(op, "labels", labels, {M});
+  std::vector<const Tensor*> all{&x, &centroids, &labels};
+  Tensor weights;
+  if (weights_a) {
+    weights = view(op, "weights", *weights_a);
+    expect_dtype(op, "weights", weights, x.dtype);
+    expect_shape(op, "weights", weights, {M});
+    all.push_back(&weights);
+  }
+  expect_same_device(op, all);
+  const kmeans::Options opt{k, n_init, max_iter, tol, seed, cosine};
+  const Tensor* w = weights_a ? &weights : nullptr;
+  kmeans::Result r{};
+  {
+    nb::gil_scoped_release release;
+    on_device(
+        op, x, [&] { r = kmeans::kmeans_cpu(x, w, opt, centroids, labels); },
+        [&] {
+#ifdef FUSSFAST_WITH_CUDA
+          r = kmeans::kmeans_cuda(x, w, opt, centroids, labels, stream);
+#endif
+        });
+  }
+  return nb::make_tuple(r.inertia, r.n_iter);
+}
+
+void run_maximin(In points_a, bool cosine, int64_t start, Out indices_a, uintptr_t stream) {
+  const std::string op = "maximin";
+  Tensor x = check_points(op, points_a);
+  Tensor indices = view(op, "indices", indices_a);
+  expect_dtype(op, "indices", indices, DType::i64);
+  expect(indices.ndim == 1 && indices.size(0) >= 1 && indices.size(0) <= x.size(0), op,
+         "indices must be [k] with 1 <= k <= M");
+  expect(start >= 0 && start < x.size(0), op, "start must be a point index");
+  expect_same_device(op, {&x, &indices});
+  nb::gil_scoped_release release;
+  on_device(
+      op, x, [&] { maximin::maximin_cpu(x, cosine, start, indices); },
+      [&] {
+#ifdef FUSSFAST_WITH_CUDA
+        maximin::maximin_cuda(x, cosine, start, indices, stream);
+#endif
+      });
+}
+
 // ---- build information -----------------------------------------------------------------------
 
 nb::dict build_info() {
@@ -394,6 +462,12 @@ nb::dict build_info() {
 NB_MODULE(_C, m) {
   m.doc() = "fussfast compiled kernels (CPU, and CUDA when built with nvcc)";
   m.def("build_info", &build_info, "Version, CUDA and OpenMP facts of this build.");
+  m.def("kmeans", &run_kmeans, nb::arg("points").noconvert(), nb::arg("weights").noconvert().none(),
+        nb::arg("k"), nb::arg("n_init"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("seed"),
+        nb::arg("cosine"), nb::arg("centroids").noconvert(), nb::arg("labels").noconvert(),
+        nb::arg("stream"));
+  m.def("maximin", &run_maximin, nb::arg("points").noconvert(), nb::arg("cosine"), nb::arg("start"),
+        nb::arg("indices").noconvert(), nb::arg("stream"));
   m.def("region_pool_forward", &region_pool_forward, nb::arg("embeddings").noconvert(),
         nb::arg("labels").noconvert(), nb::arg("acc").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("means").noconvert(), nb::arg("regions").noconvert(), nb::arg("status").noconvert(),

@@ -54,39 +54,54 @@ template <class A>
 double assign(const Data<A>& data, const A* C, int64_t k, int64_t* labels, A* dist) {
   const std::vector<A> cc = squared_norms(C, k, data.D);
   return chunked_sum(data.M, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<A> dots;
-    dots.resize((end - begin) * k);
-    // dots[i][c] = sum_d x[begin + i][d] C[c][d]
-    cpu::gemm({end - begin, k, data.D, data.D, 1, 1, data.D, k, false}, data.x + begin * data.D, C,
-              dots.data());
+    thread_local std::vector<A> d;
+    distances_to(data, C, cc.data(), k, begin, end, d);
     double part = 0;
     for (int64_t i = begin; i < end; ++i) {
-      const A* row = dots.data() + (i - begin) * k;
-      int64_t best = 0;
-      A best_d = distance(row[0], data.xx[i], cc[0], data.cosine);
-      for (int64_t c = 1; c < k; ++c) {
-        const A d = distance(row[c], data.xx[i], cc[c], data.cosine);
-        if (d < best_d) best_d = d, best = c;
-      }
+      const A* row = d.data() + (i - begin) * k;
+      const int64_t best = std::min_element(row, row + k) - row;  // first minimum
       labels[i] = best;
-      dist[i] = best_d;
-      part += double(data.weight(i)) * best_d;
+      dist[i] = row[best];
+      part += double(data.weight(i)) * row[best];
     }
     return part;
   });
 }
 
+// d[i][j] = distance of point begin + i to centers[j], for the points [begin, end).
 template <class A>
-A point_distance(const Data<A>& data, int64_t i, const A* c, A cc) {
-  A dot = 0;
-  for (int64_t d = 0; d < data.D; ++d) dot += data.x[i * data.D + d] * c[d];
-  return distance(dot, data.xx[i], cc, data.cosine);
+void distances_to(const Data<A>& data, const A* centers, const A* cc, int64_t n, int64_t begin,
+                  int64_t end, std::vector<A>& d) {
+  d.resize((end - begin) * n);
+  cpu::gemm({end - begin, n, data.D, data.D, 1, 1, data.D, n, false}, data.x + begin * data.D, centers,
+            d.data());
+  for (int64_t i = begin; i < end; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      A& v = d[(i - begin) * n + j];
+      v = distance(v, data.xx[i], cc[j], data.cosine);
+    }
 }
 
 // Index of the first entry of the increasing prefix sums cum that is >= r (numpy searchsorted).
 int64_t search(const std::vector<double>& cum, double r) {
   const int64_t i = std::lower_bound(cum.begin(), cum.end(), r) - cum.begin();
   return std::min<int64_t>(i, int64_t(cum.size()) - 1);
+}
+
+// closest[i] = min(closest[i], d(x_i, center)) (or = when first); returns sum of w * closest.
+template <class A>
+double add_center(const Data<A>& data, const A* center, bool first, std::vector<A>& closest) {
+  const A cc = squared_norms(center, 1, data.D)[0];
+  return chunked_sum(data.M, [&](int64_t b, int64_t e) {
+    thread_local std::vector<A> d;
+    distances_to(data, center, &cc, 1, b, e, d);
+    double s = 0;
+    for (int64_t i = b; i < e; ++i) {
+      closest[i] = first ? d[i - b] : std::min(closest[i], d[i - b]);
+      s += data.weight(i) * closest[i];
+    }
+    return s;
+  });
 }
 
 // k-means++ with greedy local trials (scikit-learn's variant): writes k centers to C.
@@ -99,37 +114,42 @@ void kmeans_plus_plus(const Data<A>& data, int64_t k, Random& rng, A* C) {
     for (int64_t i = 0; i < M; ++i) cum[i] = s += value(i);
   };
   prefix([&](int64_t i) { return double(data.weight(i)); });
-  int64_t first = search(cum, rng.uniform() * cum[M - 1]);
+  const int64_t first = search(cum, rng.uniform() * cum[M - 1]);
   std::copy(data.x + first * D, data.x + (first + 1) * D, C);
-
   std::vector<A> closest(M);
-  double pot = chunked_sum(M, [&](int64_t b, int64_t e) {
-    double s = 0;
-    for (int64_t i = b; i < e; ++i) s += data.weight(i) * (closest[i] = point_distance(data, i, C, data.xx[first]));
-    return s;
-  });
-  std::vector<int64_t> cand(trials);
+  double pot = add_center(data, C, true, closest);
+
+  const int64_t chunks = (M + kChunk - 1) / kChunk;
+  std::vector<A> cand(trials * D);
+  std::vector<double> part(chunks * trials);
   for (int64_t c = 1; c < k; ++c) {
     prefix([&](int64_t i) { return double(data.weight(i)) * closest[i]; });
-    for (auto& id : cand) id = search(cum, rng.uniform() * pot);
-    // potential after adding each candidate, in one pass over the points
-    std::vector<double> cand_pot(trials);
     for (int64_t t = 0; t < trials; ++t) {
-      const A* xc = data.x + cand[t] * D;
-      cand_pot[t] = chunked_sum(M, [&](int64_t b, int64_t e) {
-        double s = 0;
-        for (int64_t i = b; i < e; ++i)
-          s += data.weight(i) * std::min(closest[i], point_distance(data, i, xc, data.xx[cand[t]]));
-        return s;
-      });
+      const int64_t id = search(cum, rng.uniform() * pot);
+      std::copy(data.x + id * D, data.x + (id + 1) * D, cand.begin() + t * D);
     }
-    const int64_t best = std::min_element(cand_pot.begin(), cand_pot.end()) - cand_pot.begin();
-    const A* xb = data.x + cand[best] * D;
-    std::copy(xb, xb + D, C + c * D);
-    pot = cand_pot[best];
+    const std::vector<A> cc = squared_norms(cand.data(), trials, D);
+    // potential after adding each candidate: per chunk, then summed in chunk order
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M; ++i)
-      closest[i] = std::min(closest[i], point_distance(data, i, xb, data.xx[cand[best]]));
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      thread_local std::vector<A> d;
+      const int64_t b = ch * kChunk, e = std::min(M, b + kChunk);
+      distances_to(data, cand.data(), cc.data(), trials, b, e, d);
+      for (int64_t t = 0; t < trials; ++t) {
+        double s = 0;
+        for (int64_t i = b; i < e; ++i) s += data.weight(i) * std::min(closest[i], d[(i - b) * trials + t]);
+        part[ch * trials + t] = s;
+      }
+    }
+    int64_t best = 0;
+    double best_pot = INFINITY;
+    for (int64_t t = 0; t < trials; ++t) {
+      double s = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) s += part[ch * trials + t];
+      if (s < best_pot) best_pot = s, best = t;
+    }
+    std::copy(cand.begin() + best * D, cand.begin() + (best + 1) * D, C + c * D);
+    pot = add_center(data, C + c * D, false, closest);
   }
 }
 

@@ -32,12 +32,15 @@ void run(const Tensor& points, bool cosine, int64_t start, const Tensor& indices
       int64_t t_i = M;
 #pragma omp for schedule(static) nowait
       for (int64_t i = 0; i < M; ++i) {
+        const A* xi = x + i * D;
         A d = 0;
         if (cosine) {
-          for (int64_t e = 0; e < D; ++e) d += x[i * D + e] * c[e];
+#pragma omp simd reduction(+ : d)
+          for (int64_t e = 0; e < D; ++e) d += xi[e] * c[e];
           d = A(1) - d;
         } else {
-          for (int64_t e = 0; e < D; ++e) d += (x[i * D + e] - c[e]) * (x[i * D + e] - c[e]);
+#pragma omp simd reduction(+ : d)
+          for (int64_t e = 0; e < D; ++e) d += (xi[e] - c[e]) * (xi[e] - c[e]);
         }
         if (d < min_dist[i]) min_dist[i] = d;
         if (min_dist[i] > t_best) t_best = min_dist[i], t_i = i;  // first index wins ties

@@ -3,6 +3,8 @@ autograd where a gradient exists, and has a pure-torch reference selected by bac
 
 from fussfast.ops.cluster import cluster_assign, cluster_assign_reference, cluster_labels
 from fussfast.ops.correlation import correlation_loss, correlation_loss_reference
+from fussfast.ops.kmeans import KMeansResult, kmeans, kmeans_reference
+from fussfast.ops.maximin import maximin, maximin_reference
 from fussfast.ops.region_pool import region_pool, region_pool_reference
 
 __all__ = [
@@ -11,6 +13,11 @@ __all__ = [
     "cluster_labels",
     "correlation_loss",
     "correlation_loss_reference",
+    "KMeansResult",
+    "kmeans",
+    "kmeans_reference",
+    "maximin",
+    "maximin_reference",
     "region_pool",
     "region_pool_reference",
 ]
