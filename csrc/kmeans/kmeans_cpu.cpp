@@ -49,6 +49,20 @@ std::vector<A> squared_norms(const A* v, int64_t n, int64_t D) {
   return out;
 }
 
+// d[i][j] = distance of point begin + i to centers[j], for the points [begin, end).
+template <class A>
+void distances_to(const Data<A>& data, const A* centers, const A* cc, int64_t n, int64_t begin,
+                  int64_t end, std::vector<A>& d) {
+  d.resize((end - begin) * n);
+  cpu::gemm({end - begin, n, data.D, data.D, 1, 1, data.D, n, false}, data.x + begin * data.D, centers,
+            d.data());
+  for (int64_t i = begin; i < end; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      A& v = d[(i - begin) * n + j];
+      v = distance(v, data.xx[i], cc[j], data.cosine);
+    }
+}
+
 // Nearest centroid of every point: labels, distances; returns the weighted inertia.
 template <class A>
 double assign(const Data<A>& data, const A* C, int64_t k, int64_t* labels, A* dist) {
@@ -66,20 +80,6 @@ double assign(const Data<A>& data, const A* C, int64_t k, int64_t* labels, A* di
     }
     return part;
   });
-}
-
-// d[i][j] = distance of point begin + i to centers[j], for the points [begin, end).
-template <class A>
-void distances_to(const Data<A>& data, const A* centers, const A* cc, int64_t n, int64_t begin,
-                  int64_t end, std::vector<A>& d) {
-  d.resize((end - begin) * n);
-  cpu::gemm({end - begin, n, data.D, data.D, 1, 1, data.D, n, false}, data.x + begin * data.D, centers,
-            d.data());
-  for (int64_t i = begin; i < end; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      A& v = d[(i - begin) * n + j];
-      v = distance(v, data.xx[i], cc[j], data.cosine);
-    }
 }
 
 // Index of the first entry of the increasing prefix sums cum that is >= r (numpy searchsorted).
