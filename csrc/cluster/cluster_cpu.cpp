@@ -5,10 +5,7 @@
 #include <algorithm>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "../common/cpu_utils.h"
 #include "../common/gemm_cpu.h"
 #include "cluster.h"
 
@@ -24,21 +21,13 @@ void forward_impl(const Tensor& zt, const Tensor& ct, A alpha, const Outputs& ou
   const A *z = zt.ptr<A>(), *c = ct.ptr<A>();
   const bool grad = out.grad_z != nullptr || out.grad_c != nullptr;
   const int64_t pblocks = (P + kTileP - 1) / kTileP, tasks = B * pblocks;
-#ifdef _OPENMP
-  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
-#else
-  const int threads = 1;
-#endif
+  const int threads = worker_count(tasks);
   std::vector<A> grad_c_task(out.grad_c ? tasks * K * D : 0, A(0));
   std::vector<double> task_total(tasks, 0.0);
 
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
+    const int t = worker_id();
     std::vector<A> X(kTileP * K), G(kTileP * K), prob(K);
     for (int64_t task = tasks * t / threads; task < tasks * (t + 1) / threads; ++task) {
       const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;

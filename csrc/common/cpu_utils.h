@@ -7,6 +7,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace fussfast {
 
@@ -24,6 +27,25 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 #else
   (void)data;
   (void)bytes;
+#endif
+}
+
+// Threads for `tasks` units of work split into one contiguous range per thread (used where a
+// thread keeps private partial results that are merged in thread order).
+inline int worker_count(int64_t tasks) {
+#ifdef _OPENMP
+  return static_cast<int>(tasks < omp_get_max_threads() ? (tasks > 0 ? tasks : 1) : omp_get_max_threads());
+#else
+  (void)tasks;
+  return 1;
+#endif
+}
+
+inline int worker_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
 #endif
 }
 

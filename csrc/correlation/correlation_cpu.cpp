@@ -8,10 +8,7 @@
 #include <cmath>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "../common/cpu_utils.h"
 #include "../common/gemm_cpu.h"
 #include "correlation.h"
 
@@ -74,11 +71,7 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
 
   const int64_t pblocks = std::max<int64_t>((P + kTileP - 1) / kTileP, 1);
   const int64_t tasks = B * pblocks;
-#ifdef _OPENMP
-  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
-#else
-  const int threads = 1;
-#endif
+  const int threads = worker_count(tasks);
   auto task_begin = [&](int t) { return tasks * t / threads; };
   // Thread t touches pairs first_pair(t) .. last_pair(t); its grad_z2 copy of pair b is slot
   // slot0[t] + b - first_pair(t).
@@ -91,11 +84,7 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
 
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
+    const int t = worker_id();
     std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ);
     for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
       const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;

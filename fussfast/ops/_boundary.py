@@ -81,6 +81,26 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> torch.device:
     return device
 
 
+def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
+    """Validates the [M, D] points, k and metric of a clustering op (kmeans, maximin). Returns the
+    points as contiguous float32/float64 (L2-normalized rows for "cosine") and k."""
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"{op}: points must be a torch.Tensor, got {type(points).__name__}")
+    check_dtype(op, "points", points, FLOAT_DTYPES)
+    if points.dim() != 2 or points.shape[0] == 0:
+        raise ValueError(f"{op}: points must be a non-empty [M, D] tensor, got shape {list(points.shape)}")
+    M = points.shape[0]
+    k = check_int(op, "k", k, minimum=1)
+    if k > M:
+        raise ValueError(f"{op}: k={k} is larger than the number of points M={M}")
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"{op}: metric must be one of ('euclidean', 'cosine'), got {metric!r}")
+    x = kernel_input(points.to(accumulation_dtype(points.dtype)))
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{op}: points contain NaN or Inf")
+    return (l2_normalize(x) if metric == "cosine" else x), k
+
+
 def kernel_input(t: torch.Tensor) -> torch.Tensor:
     """What the extension may read: detached (DLPack refuses grad) and C-contiguous."""
     return t.detach().contiguous()

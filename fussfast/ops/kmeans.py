@@ -11,7 +11,6 @@ from fussfast import _C
 from fussfast.ops import _boundary as bnd
 
 OP = "kmeans"
-METRICS = ("euclidean", "cosine")
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,6 @@ def kmeans(
     bnd.check_backend(OP, backend)
     x, w, k = _check_inputs(points, k, weights, metric, n_init, max_iter, tol, seed)
     cosine = metric == "cosine"
-    if cosine:
-        x = bnd.l2_normalize(x)
     tol_abs = float(tol * x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     if backend == "reference":
         centroids, labels, inertia, n_iter = _reference(x, w, k, cosine, n_init, max_iter, tol_abs, seed)
@@ -126,38 +123,26 @@ def _reference(x, w, k, cosine, n_init, max_iter, tol, seed):
 
 
 def _check_inputs(points, k, weights, metric, n_init, max_iter, tol, seed):
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"{OP}: points must be a torch.Tensor, got {type(points).__name__}")
-    bnd.check_dtype(OP, "points", points, bnd.FLOAT_DTYPES)
-    if points.dim() != 2 or points.shape[0] == 0:
-        raise ValueError(f"{OP}: points must be a non-empty [M, D] tensor, got shape {list(points.shape)}")
-    M = points.shape[0]
-    k = bnd.check_int(OP, "k", k, minimum=1)
-    if k > M:
-        raise ValueError(f"{OP}: k={k} is larger than the number of points M={M}")
-    if metric not in METRICS:
-        raise ValueError(f"{OP}: metric must be one of {METRICS}, got {metric!r}")
+    x, k = bnd.point_set(OP, points, k, metric)
     bnd.check_int(OP, "n_init", n_init, minimum=1)
     bnd.check_int(OP, "max_iter", max_iter, minimum=1)
     bnd.check_int(OP, "seed", seed, minimum=0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"{OP}: tol must be a finite number >= 0, got {tol!r}")
-    x = bnd.kernel_input(points.to(bnd.accumulation_dtype(points.dtype)))
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{OP}: points contain NaN or Inf")
-    w = None
-    if weights is not None:
-        if not isinstance(weights, torch.Tensor):
-            raise TypeError(f"{OP}: weights must be a torch.Tensor, got {type(weights).__name__}")
-        bnd.check_dtype(OP, "weights", weights, bnd.FLOAT_DTYPES)
-        if weights.shape != (M,):
-            raise ValueError(f"{OP}: weights must have shape [M] = [{M}], got {list(weights.shape)}")
-        bnd.check_same_device(OP, points=points, weights=weights)
-        w = bnd.kernel_input(weights.to(x.dtype))
-        if not torch.isfinite(w).all():
-            raise ValueError(f"{OP}: weights contain NaN or Inf")
-        if (w < 0).any():
-            raise ValueError(f"{OP}: weights must be non-negative")
-        if not (w > 0).any():
-            raise ValueError(f"{OP}: weights are all zero")
+    if weights is None:
+        return x, None, k
+    M = x.shape[0]
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{OP}: weights must be a torch.Tensor, got {type(weights).__name__}")
+    bnd.check_dtype(OP, "weights", weights, bnd.FLOAT_DTYPES)
+    if weights.shape != (M,):
+        raise ValueError(f"{OP}: weights must have shape [M] = [{M}], got {list(weights.shape)}")
+    bnd.check_same_device(OP, points=points, weights=weights)
+    w = bnd.kernel_input(weights.to(x.dtype))
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{OP}: weights contain NaN or Inf")
+    if (w < 0).any():
+        raise ValueError(f"{OP}: weights must be non-negative")
+    if not (w > 0).any():
+        raise ValueError(f"{OP}: weights are all zero")
     return x, w, k

@@ -8,7 +8,6 @@ from fussfast import _C
 from fussfast.ops import _boundary as bnd
 
 OP = "maximin"
-METRICS = ("euclidean", "cosine")
 
 
 def maximin(points: torch.Tensor, k: int, *, metric: str = "euclidean", start: int = 0,
@@ -19,25 +18,10 @@ def maximin(points: torch.Tensor, k: int, *, metric: str = "euclidean", start: i
     the later picks repeat a point already picked.
     """
     bnd.check_backend(OP, backend)
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"{OP}: points must be a torch.Tensor, got {type(points).__name__}")
-    bnd.check_dtype(OP, "points", points, bnd.FLOAT_DTYPES)
-    if points.dim() != 2 or points.shape[0] == 0:
-        raise ValueError(f"{OP}: points must be a non-empty [M, D] tensor, got shape {list(points.shape)}")
-    M = points.shape[0]
-    k = bnd.check_int(OP, "k", k, minimum=1)
-    if k > M:
-        raise ValueError(f"{OP}: k={k} is larger than the number of points M={M}")
-    if metric not in METRICS:
-        raise ValueError(f"{OP}: metric must be one of {METRICS}, got {metric!r}")
+    x, k = bnd.point_set(OP, points, k, metric)
     start = bnd.check_int(OP, "start", start, minimum=0)
-    if start >= M:
-        raise ValueError(f"{OP}: start={start} is not a point index (M={M})")
-    x = bnd.kernel_input(points.to(bnd.accumulation_dtype(points.dtype)))
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{OP}: points contain NaN or Inf")
-    if metric == "cosine":
-        x = bnd.l2_normalize(x)
+    if start >= x.shape[0]:
+        raise ValueError(f"{OP}: start={start} is not a point index (M={x.shape[0]})")
     if backend == "reference":
         return maximin_reference(x, k, cosine=metric == "cosine", start=start)
     indices = torch.empty(k, dtype=torch.int64, device=x.device)
