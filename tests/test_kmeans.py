@@ -1,6 +1,5 @@
 """kmeans and maximin: quality against scikit-learn, exact properties, determinism, bad input."""
 
-import numpy as np
 import pytest
 import torch
 

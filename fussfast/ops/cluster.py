@@ -109,7 +109,7 @@ class _ClusterAssign(torch.autograd.Function):
         acc = bnd.accumulation_dtype(z.dtype)
         B, K, D = z.shape[0], c.shape[0], c.shape[1]
         totals = torch.zeros(B, dtype=acc, device=z.device)
-        gz = torch.zeros(z.shape, dtype=acc, device=z.device) if ctx.needs_input_grad[0] else None
+        gz = torch.empty(z.shape, dtype=acc, device=z.device) if ctx.needs_input_grad[0] else None
         gc = torch.zeros(B, K, D, dtype=acc, device=z.device) if ctx.needs_input_grad[1] else None
         _C.cluster_forward(z, c, float(alpha), probs, None, totals, gz, gc, bnd.stream_handle(z.device))
         ctx.save_for_backward(gz, gc)
