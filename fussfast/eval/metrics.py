@@ -1,0 +1,60 @@
+"""Unsupervised segmentation scores: confusion matrix on the device, Hungarian matching of
+clusters to classes, mIoU and pixel accuracy (both x100), as STEGO and FUSS report them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_clusters: int, num_classes: int,
+                     *, ignore_index: int = -1) -> torch.Tensor:
+    """``[num_clusters, num_classes]`` int64 counts of (predicted cluster, true class) per pixel.
+
+    Pixels whose target is ``ignore_index`` or outside ``[0, num_classes)`` are skipped; a
+    prediction outside ``[0, num_clusters)`` raises ``ValueError``. Computed with one bincount
+    on the tensors' device.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"confusion_matrix: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    pred, target = pred[keep], target[keep]
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_clusters):
+        raise ValueError(f"confusion_matrix: predictions must lie in [0, {num_clusters})")
+    counts = torch.bincount(pred * num_classes + target, minlength=num_clusters * num_classes)
+    return counts.view(num_clusters, num_classes)
+
+
+@dataclass(frozen=True)
+class Scores:
+    miou: float  # mean IoU over the classes that occur in target or prediction, x100
+    acc: float  # matched pixels / all counted pixels, x100
+    iou: list[float]  # per class, x100 (NaN for a class absent from both)
+    assignment: list[int]  # assignment[cluster] = class it is matched to (-1: unmatched)
+
+
+def hungarian_scores(confusion: torch.Tensor) -> Scores:
+    """Matches clusters to classes one to one, maximizing the matched pixels
+    (``scipy.optimize.linear_sum_assignment(maximize=True)``), then scores the matched matrix."""
+    from scipy.optimize import linear_sum_assignment
+
+    hist = confusion.detach().cpu().numpy().astype(np.float64)
+    clusters, classes = linear_sum_assignment(hist, maximize=True)
+    assignment = [-1] * hist.shape[0]
+    for c, k in zip(clusters, classes):
+        assignment[int(c)] = int(k)
+    matched = np.zeros((hist.shape[1], hist.shape[1]))  # [matched class, true class]
+    for c, k in zip(clusters, classes):
+        matched[k] = hist[c]
+    tp = np.diag(matched)
+    fp = matched.sum(1) - tp
+    fn = matched.sum(0) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (tp + fp + fn)
+    total = hist.sum()
+    acc = float(tp.sum() / total * 100) if total else float("nan")
+    miou = float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan")
+    return Scores(miou, acc, [float(v * 100) for v in iou], assignment)
