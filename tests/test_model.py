@@ -1,0 +1,94 @@
+"""Frozen DINO backbone (timm, random weights), weight files, segmentation head, kNN positives."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fussfast.model import FrozenBackbone, SegmentationHead, draw_positives, knn_table
+
+
+@pytest.fixture(scope="module")
+def vit_s8_fp32():
+    torch.manual_seed(0)
+    return FrozenBackbone("vit_small_patch8_224.dino", precision="fp32")
+
+
+def test_frozen_and_shapes(vit_s8_fp32):
+    bb = vit_s8_fp32
+    assert not any(p.requires_grad for p in bb.parameters())
+    bb.train()
+    assert not bb.training and not bb.vit.training
+    feats, desc = bb(torch.randn(2, 3, 64, 96))
+    assert feats.shape == (2, 384, 8, 12) and feats.dtype == torch.float32
+    torch.testing.assert_close(desc.norm(dim=1), torch.ones(2))
+    with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
+        bb(torch.randn(1, 3, 60, 64))
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_half_precision_agrees_with_fp32(tmp_path, vit_s8_fp32, precision, dtype):
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit_s8_fp32.vit.state_dict().items()}, str(path))
+    half = FrozenBackbone("vit_small_patch8_224.dino", weights=path, precision=precision)
+    assert all(p.dtype == dtype for p in half.parameters())  # cast, not autocast
+    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    f32, _ = vit_s8_fp32(images)
+    f16, _ = half(images)
+    cos = torch.nn.functional.cosine_similarity(f16.float(), f32, dim=1).mean()
+    assert cos >= 0.99
+
+
+def test_official_dino_checkpoint_layout(tmp_path, vit_s8_fp32):
+    state = {f"module.backbone.{k}": v for k, v in vit_s8_fp32.vit.state_dict().items()}
+    state["module.head.mlp.0.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "dino.pth"
+    torch.save({"teacher": state, "epoch": 100}, path)
+    loaded = FrozenBackbone("vit_small_patch8_224.dino", weights=path, precision="fp32")
+    images = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(images)[0], vit_s8_fp32(images)[0])
+
+
+def test_bad_weight_files(tmp_path, vit_s8_fp32):
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        FrozenBackbone(weights=tmp_path / "missing.pth")
+    state = dict(vit_s8_fp32.vit.state_dict())
+    state.pop("norm.weight")
+    state["extra.bias"] = torch.zeros(1)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing keys \['norm.weight'\], unexpected keys \['extra.bias'\]"):
+        FrozenBackbone(weights=path)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        FrozenBackbone("resnet50")
+    with pytest.raises(ValueError, match="unknown precision"):
+        FrozenBackbone(precision="fp8")
+
+
+def test_segmentation_head():
+    head = SegmentationHead(384, 70)
+    feats = torch.randn(2, 384, 5, 7, dtype=torch.float16)
+    code = head(feats)
+    assert code.shape == (2, 70, 5, 7) and code.dtype == torch.float32
+    code.sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    head.eval()
+    f = torch.randn(1, 384, 2, 2)
+    want = head.lin(f) + head.mlp(f)
+    torch.testing.assert_close(head(f), want)
+
+
+def test_knn_positives():
+    g = torch.Generator().manual_seed(0)
+    desc = torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=1)
+    table = knn_table(desc, k=5)
+    assert table.shape == (20, 5)
+    sim = desc @ desc.T
+    for i in range(20):
+        assert i not in table[i].tolist()
+        others = sim[i].clone()
+        others[i] = -2
+        assert torch.equal(table[i], others.topk(5).indices)
+    pos = draw_positives(table, torch.arange(20), num_neighbors=2, generator=g)
+    assert all(p in table[i, :2].tolist() for i, p in enumerate(pos.tolist()))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        knn_table(desc[:1])
