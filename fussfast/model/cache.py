@@ -1,0 +1,138 @@
+"""On-disk cache of frozen-backbone features: safetensors shards plus a JSON manifest.
+
+One cache directory per key (dataset, split, backbone, weights digest, resolution, crop,
+precision): ``root/<sha256 of the key>/``. Features are stored in float16 with the images'
+kNN descriptors in float32, ``shard_size`` images per shard. The manifest is rewritten
+atomically after every shard, so an interrupted extraction resumes at the first missing shard.
+Each shard's size and sha256 are recorded; a shard that no longer matches (truncated, changed)
+or a manifest for another key is detected and rebuilt, never used. Reading memory-maps the
+shards: no copy until a tensor is touched. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+FORMAT = 1
+_DTYPES = {"F16": torch.float16, "F32": torch.float32}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Features of ``num_images`` images for one cache key.
+
+    ``ensure(extract)`` builds whatever is missing: ``extract(start, stop)`` must return
+    ``(features [n, C, h, w], descriptors [n, C])`` for images ``start..stop``. ``features()``
+    and ``descriptors()`` then return the whole cache, memory-mapped.
+    """
+
+    def __init__(self, root: str | Path, key: dict, num_images: int, *, shard_size: int = 256):
+        if num_images < 1 or shard_size < 1:
+            raise ValueError("FeatureCache: num_images and shard_size must be >= 1")
+        self.key, self.num_images, self.shard_size = dict(key), num_images, shard_size
+        self.dir = Path(root) / key_digest(self.key)
+        self.manifest_path = self.dir / "manifest.json"
+        self._maps: list[tuple[mmap.mmap, dict]] = []
+
+    @property
+    def num_shards(self) -> int:
+        return (self.num_images + self.shard_size - 1) // self.shard_size
+
+    def _shard_path(self, i: int) -> Path:
+        return self.dir / f"shard_{i:05d}.safetensors"
+
+    def _read_manifest(self) -> dict:
+        fresh = {"format": FORMAT, "key": self.key, "num_images": self.num_images,
+                 "shard_size": self.shard_size, "shards": {}}
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return fresh
+        same = all(manifest.get(k) == fresh[k] for k in ("format", "key", "num_images", "shard_size"))
+        return manifest if same else fresh  # stale: built for something else
+
+    def _write_manifest(self, manifest: dict) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, self.manifest_path)
+
+    def _valid(self, manifest: dict, i: int) -> bool:
+        entry, path = manifest["shards"].get(str(i)), self._shard_path(i)
+        if entry is None or not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return False
+        return _file_sha256(path) == entry["sha256"]
+
+    def missing_shards(self) -> list[int]:
+        manifest = self._read_manifest()
+        return [i for i in range(self.num_shards) if not self._valid(manifest, i)]
+
+    def ensure(self, extract: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+               progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> None:
+        """Extracts every missing or invalid shard (``progress`` may wrap the shard list, e.g. tqdm)."""
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = self._read_manifest()
+        todo = [i for i in range(self.num_shards) if not self._valid(manifest, i)]
+        for i in progress(todo) if progress else todo:
+            start, stop = i * self.shard_size, min(self.num_images, (i + 1) * self.shard_size)
+            feats, desc = extract(start, stop)
+            if feats.shape[0] != stop - start or desc.shape[0] != stop - start:
+                raise ValueError(f"FeatureCache: extract({start}, {stop}) returned {feats.shape[0]} images")
+            path = self._shard_path(i)
+            tmp = path.with_suffix(".tmp")
+            save_file({"features": feats.detach().to("cpu", torch.float16).contiguous(),
+                       "descriptors": desc.detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+            os.replace(tmp, path)
+            manifest["shards"][str(i)] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+            self._write_manifest(manifest)
+
+    def _open(self) -> list[tuple[mmap.mmap, dict]]:
+        if not self._maps:
+            missing = self.missing_shards()
+            if missing:
+                raise RuntimeError(f"FeatureCache: shards {missing[:5]} of {self.dir} are missing or "
+                                   "corrupt; call ensure() to rebuild them")
+            for i in range(self.num_shards):
+                with open(self._shard_path(i), "rb") as f:
+                    # copy-on-write: in-place edits of a returned tensor never reach the file
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                n = int.from_bytes(mm[:8], "little")  # safetensors: u64 header size, JSON header
+                header = json.loads(mm[8:8 + n])
+                header["__offset__"] = 8 + n
+                self._maps.append((mm, header))
+        return self._maps
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        parts = []
+        for mm, header in self._open():
+            info = header[name]
+            begin, end = (header["__offset__"] + o for o in info["data_offsets"])
+            flat = torch.frombuffer(memoryview(mm)[begin:end], dtype=_DTYPES[info["dtype"]])
+            parts.append(flat.view(info["shape"]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def features(self) -> torch.Tensor:
+        """``[N, C, h, w]`` float16 (memory-mapped when the cache is a single shard)."""
+        return self._tensor("features")
+
+    def descriptors(self) -> torch.Tensor:
+        return self._tensor("descriptors")
