@@ -1,0 +1,136 @@
+"""Run configuration: a TOML file, checked key by key, with ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+# Every key a config may hold, with its default; the type of the default is the key's type
+# (None: optional string).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "kind": "synthetic",         # synthetic (built in); folder, cityscapes, cocostuff27 follow
+        "root": None,
+        "num_classes": 6,
+        "image_size": 64,            # training resolution (a multiple of the patch size)
+        "eval_size": 64,             # evaluation resolution
+        "sites": 3,                  # synthetic: number of sites
+        "images_per_site": 48,
+        "eval_images": 24,
+        "alpha": 0.5,                # synthetic: Dirichlet label skew (0 = IID)
+    },
+    "model": {
+        "backbone": "vit_small_patch8_224.dino",
+        "weights": "random",         # random, timm (download), or a local file
+        "precision": "fp16",
+        "code_dim": 70,
+    },
+    "loss": {
+        "preset": "cityscapes",      # CorrespondenceLoss preset
+        "feature_samples": 11,
+        "num_neighbors": 2,          # kNN positives (FUSS: 2)
+    },
+    "train": {
+        "local_steps": 40,           # steps per round
+        "batch_size": 8,
+        "head_lr": 5e-4,
+        "probe_lr": 5e-3,
+        "backend": "fused",          # fused or reference, for every op
+    },
+    "fed": {
+        "strategy": "centralized",   # centralized or local (federated strategies follow)
+        "rounds": 3,
+    },
+    "seed": 0,
+    "cache_dir": ".fussfast_cache",
+    "device": "auto",                # auto, cpu, cuda
+}
+
+CHOICES = {
+    ("data", "kind"): ("synthetic",),
+    ("model", "precision"): ("fp16", "bf16", "fp32"),
+    ("train", "backend"): ("fused", "reference"),
+    ("fed", "strategy"): ("centralized", "local"),
+    ("device",): ("auto", "cpu", "cuda"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key in the message."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            user = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        _merge(config, user, DEFAULTS, "")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: take it as a string
+        *parents, leaf = key.strip().split(".")
+        nested: dict[str, Any] = {leaf: value}
+        for p in reversed(parents):
+            nested = {p: nested}
+        _merge(config, nested, DEFAULTS, "")
+    _check_choices(config)
+    return config
+
+
+def _merge(config: dict, user: dict, schema: dict, prefix: str) -> None:
+    for key, value in user.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config key {name!r}")
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} must be a table")
+            _merge(config[key], value, default, name + ".")
+            continue
+        config[key] = _typed(name, value, default)
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    if default is None:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {name!r} must be a string, got {type(value).__name__}")
+        return value
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {name!r} must be {want.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _check_choices(config: dict) -> None:
+    for path, allowed in CHOICES.items():
+        value = config
+        for p in path:
+            value = value[p]
+        if value not in allowed:
+            raise ConfigError(f"config key {'.'.join(path)!r} must be one of {allowed}, got {value!r}")
+    positive = [("data", "num_classes"), ("data", "image_size"), ("data", "eval_size"), ("data", "sites"),
+                ("data", "images_per_site"), ("data", "eval_images"), ("model", "code_dim"),
+                ("train", "local_steps"), ("train", "batch_size"), ("fed", "rounds")]
+    for section, key in positive:
+        if config[section][key] < 1:
+            raise ConfigError(f"config key '{section}.{key}' must be >= 1, got {config[section][key]}")
+    if config["data"]["alpha"] < 0:
+        raise ConfigError("config key 'data.alpha' must be >= 0")
+    weights = config["model"]["weights"]
+    if weights not in ("random", "timm") and not Path(weights).is_file():
+        raise ConfigError(f"config key 'model.weights': no file at {weights}")

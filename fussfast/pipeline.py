@@ -1,0 +1,117 @@
+"""The single-site pipeline every strategy reuses: cached backbone features, the FUSS local
+objective (correspondence loss + cluster probe), and Hungarian evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fussfast.eval import confusion_matrix
+from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
+from fussfast.model import ClusterProbe, FrozenBackbone, SegmentationHead, draw_positives
+from fussfast.model.cache import FeatureCache
+from fussfast.ops import cluster_labels
+
+
+@dataclass
+class FeatureSet:
+    """Backbone features of a dataset (with its horizontally flipped copy for evaluation)."""
+
+    features: torch.Tensor  # [N, C, h, w] float16
+    descriptors: torch.Tensor  # [N, C]
+    masks: torch.Tensor  # [N, H, W] int64 ground truth (evaluation only)
+    flipped: torch.Tensor | None = None  # features of the flipped images
+
+
+def weights_digest(weights: str, seed: int) -> str:
+    if weights == "random":
+        return f"random-seed{seed}"
+    if weights == "timm":
+        return "timm"
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def extract(backbone: FrozenBackbone, dataset, key: dict, cache_dir: str | Path, device: torch.device,
+            *, flip: bool = False, batch_size: int = 32, progress=None) -> FeatureSet:
+    """Features of every image of ``dataset`` (items ``(image, mask)``), cached on disk."""
+
+    def features_of(start, stop, flipped):
+        images = torch.stack([dataset[i][0] for i in range(start, stop)])
+        if flipped:
+            images = images.flip(-1)
+        out_f, out_d = [], []
+        for b in range(0, len(images), batch_size):
+            f, d = backbone(images[b:b + batch_size].to(device))
+            out_f.append(f.cpu())
+            out_d.append(d.cpu())
+        return torch.cat(out_f), torch.cat(out_d)
+
+    sets = []
+    for flipped in (False, True) if flip else (False,):
+        cache = FeatureCache(cache_dir, {**key, "flip": flipped}, len(dataset))
+        cache.ensure(lambda a, b: features_of(a, b, flipped), progress=progress)
+        sets.append(cache)
+    masks = torch.stack([dataset[i][1] for i in range(len(dataset))])
+    return FeatureSet(sets[0].features(), sets[0].descriptors(), masks, sets[1].features() if flip else None)
+
+
+class SiteModel:
+    """A head and a cluster probe with their optimizers (Adam: head 5e-4, probe 5e-3 by default)."""
+
+    def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
+                 num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
+                 backend: str = "fused", device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.head = SegmentationHead(feat_dim, code_dim).to(self.device)
+        self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
+        self.loss = CorrespondenceLoss(loss, backend=backend)
+        self.num_neighbors = num_neighbors
+        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=head_lr)
+        self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
+
+    def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
+                    generator: torch.Generator) -> list[float]:
+        """``steps`` updates on random batches; positives come from the kNN ``table``."""
+        self.head.train()
+        losses = []
+        n = data.features.shape[0]
+        for _ in range(steps):
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
+            pos = draw_positives(table, idx, self.num_neighbors, generator=generator)
+            feats = data.features[idx].to(self.device).float()
+            feats_pos = data.features[pos].to(self.device).float()
+            code, code_pos = self.head(feats), self.head(feats_pos)
+            points = self.loss.sample_points(len(idx), self.device, generator=generator)
+            corr = self.loss(feats, code, feats_pos, code_pos, points=points)
+            probe_loss, _ = self.probe(code.detach())
+            self.head_opt.zero_grad()
+            self.probe_opt.zero_grad()
+            (corr.total + probe_loss).backward()
+            self.head_opt.step()
+            self.probe_opt.step()
+            losses.append(float((corr.total + probe_loss).detach()))
+        return losses
+
+    @torch.no_grad()
+    def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64) -> torch.Tensor:
+        """Confusion matrix of the cluster predictions (flip-averaged codes when available,
+        nearest-upsampled to the masks) against the ground truth."""
+        self.head.eval()
+        total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        for b in range(0, data.features.shape[0], batch_size):
+            code = self.head(data.features[b:b + batch_size].to(self.device))
+            if data.flipped is not None:
+                code = (code + self.head(data.flipped[b:b + batch_size].to(self.device)).flip(-1)) / 2
+            labels = self.probe.labels(code)
+            masks = data.masks[b:b + batch_size]
+            labels = F.interpolate(labels[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
+            total += confusion_matrix(labels, masks.to(self.device), num_classes, num_classes).cpu()
+        return total
