@@ -11,15 +11,17 @@ from typing import Any
 # (None: optional string).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "kind": "synthetic",         # synthetic (built in); folder, cityscapes, cocostuff27 follow
-        "root": None,
+        "kind": "synthetic",         # synthetic (built in), folder, cityscapes, cocostuff27
+        "root": None,                # dataset directory (all kinds but synthetic)
+        "split": "3x6",              # cityscapes: 3x6, 6x3 or 18x1 cities; cocostuff27: Dirichlet sites
+        "crop": "center",            # training images: center (resize + centre crop) or five (five-crop)
         "num_classes": 6,
         "image_size": 64,            # training resolution (a multiple of the patch size)
         "eval_size": 64,             # evaluation resolution
-        "sites": 3,                  # synthetic: number of sites
+        "sites": 3,                  # synthetic, cocostuff27: number of sites
         "images_per_site": 48,
         "eval_images": 24,
-        "alpha": 0.5,                # synthetic: Dirichlet label skew (0 = IID)
+        "alpha": 0.5,                # synthetic, cocostuff27: Dirichlet label skew (0 = IID)
     },
     "model": {
         "backbone": "vit_small_patch8_224.dino",
@@ -49,7 +51,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 CHOICES = {
-    ("data", "kind"): ("synthetic",),
+    ("data", "kind"): ("synthetic", "folder", "cityscapes", "cocostuff27"),
+    ("data", "crop"): ("center", "five"),
     ("model", "precision"): ("fp16", "bf16", "fp32"),
     ("train", "backend"): ("fused", "reference"),
     ("fed", "strategy"): ("centralized", "local"),
@@ -131,6 +134,14 @@ def _check_choices(config: dict) -> None:
             raise ConfigError(f"config key '{section}.{key}' must be >= 1, got {config[section][key]}")
     if config["data"]["alpha"] < 0:
         raise ConfigError("config key 'data.alpha' must be >= 0")
+    data = config["data"]
+    if data["kind"] != "synthetic":
+        if data["root"] is None or not Path(data["root"]).is_dir():
+            raise ConfigError(f"config key 'data.root': no dataset directory at {data['root']}")
+        if data["kind"] in ("cityscapes", "cocostuff27") and data["num_classes"] != 27:
+            raise ConfigError(f"config key 'data.num_classes' must be 27 for {data['kind']}")
+        if data["kind"] == "cityscapes" and data["split"] not in ("3x6", "6x3", "18x1"):
+            raise ConfigError("config key 'data.split' must be 3x6, 6x3 or 18x1 for cityscapes")
     weights = config["model"]["weights"]
     if weights not in ("random", "timm") and not Path(weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {weights}")

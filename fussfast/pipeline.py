@@ -14,7 +14,6 @@ from fussfast.eval import confusion_matrix
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
 from fussfast.model import ClusterProbe, FrozenBackbone, SegmentationHead, draw_positives
 from fussfast.model.cache import FeatureCache
-from fussfast.ops import cluster_labels
 
 
 @dataclass

@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fussfast
 from fussfast.data import synthetic_federation
+from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, cocostuff27, dirichlet_split,
+                                    folder_federation)
 from fussfast.eval import hungarian_scores
 from fussfast.losses import CorrespondenceConfig
 from fussfast.model import FrozenBackbone, knn_table
@@ -39,6 +42,30 @@ def majority_baseline(data: FeatureSet, num_classes: int) -> dict:
     return _scores(confusion)
 
 
+def make_data(data: dict, seed: int):
+    """The sites' training datasets and the shared evaluation set of a config's ``data`` table."""
+    size, eval_size, five = data["image_size"], data["eval_size"], data["crop"] == "five"
+    if data["kind"] == "synthetic":
+        sites, evaluation = synthetic_federation(
+            num_sites=data["sites"], num_classes=data["num_classes"], images_per_site=data["images_per_site"],
+            alpha=data["alpha"] or None, eval_images=data["eval_images"], image_size=size, seed=seed)
+        evaluation.image_size = eval_size
+        return sites, evaluation
+    if data["kind"] == "folder":
+        return folder_federation(data["root"], size, eval_size)
+    if data["kind"] == "cityscapes":
+        return cityscapes_sites(data["root"], data["split"], size, five), cityscapes27(data["root"], "val", eval_size)
+    full = cocostuff27(data["root"], "train", size)
+    masks = (full[i][1] for i in range(len(full)))
+    dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
+    parts = dirichlet_split(dominant, data["sites"], data["alpha"] or 1e6, seed)
+    train = cocostuff27(data["root"], "train", size, five)
+    crops = 5 if five else 1
+    sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
+             for s, idx in enumerate(parts) if len(idx)}
+    return sites, cocostuff27(data["root"], "val", eval_size)
+
+
 def run(config: dict, out_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -50,14 +77,9 @@ def run(config: dict, out_dir: str | Path) -> dict:
     torch.manual_seed(seed)
     backbone = FrozenBackbone(model_cfg["backbone"], weights=model_cfg["weights"],
                               precision=model_cfg["precision"]).to(device)
-    sites, evaluation = synthetic_federation(
-        num_sites=data_cfg["sites"], num_classes=K, images_per_site=data_cfg["images_per_site"],
-        alpha=data_cfg["alpha"] or None, eval_images=data_cfg["eval_images"], image_size=data_cfg["image_size"],
-        seed=seed)
-    evaluation.image_size = data_cfg["eval_size"]
-    base_key = {"dataset": "synthetic", "seed": seed, "num_classes": K, "alpha": data_cfg["alpha"],
-                "backbone": model_cfg["backbone"], "weights": weights_digest(model_cfg["weights"], seed),
-                "precision": model_cfg["precision"]}
+    sites, evaluation = make_data(data_cfg, seed)
+    base_key = {"data": data_cfg, "seed": seed, "backbone": model_cfg["backbone"],
+                "weights": weights_digest(model_cfg["weights"], seed), "precision": model_cfg["precision"]}
     cache = config["cache_dir"]
 
     def features(name, ds, flip):

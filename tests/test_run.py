@@ -55,6 +55,28 @@ def test_local_strategy(tmp_path):
     assert metrics["final"]["global"]["miou"] > 0
 
 
+def test_folder_data(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for base, n in (("clients/a", 4), ("clients/b", 4), ("val", 3)):
+        (tmp_path / "data" / base / "images").mkdir(parents=True)
+        (tmp_path / "data" / base / "masks").mkdir(parents=True)
+        for j in range(n):
+            mask = (np.arange(40)[None, :] >= 20).astype(np.uint8).repeat(40, 0)  # left 0, right 1
+            img = np.where(mask[..., None] == 1, [200, 30, 30], [30, 30, 200]).astype(np.uint8)
+            img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "data" / base / "images" / f"{j}.png")
+            Image.fromarray(mask).save(tmp_path / "data" / base / "masks" / f"{j}.png")
+    config = load_config(None, ["data.kind=\"folder\"", f"data.root=\"{tmp_path / 'data'}\"", "data.num_classes=2",
+                                "data.image_size=32", "data.eval_size=32", "train.local_steps=5", "fed.rounds=1",
+                                "model.precision=\"fp32\"", f"cache_dir=\"{tmp_path / 'c'}\""])
+    metrics = run(config, tmp_path / "out")
+    assert set(metrics["final"]["clients"]) == {"a", "b"}
+    assert 0 <= metrics["final"]["global"]["miou"] <= 100
+
+
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     cases = [
@@ -63,6 +85,7 @@ def test_config_errors(tmp_path):
         ('[fed]\nstrategy = "fedsgd"\n', "'fed.strategy' must be one of"),
         ('[model]\nweights = "/nope/vit.pth"\n', "'model.weights': no file at /nope/vit.pth"),
         ('seed = [1\n', "not valid TOML"),
+        ('[data]\nkind = "cityscapes"\nroot = "/nope"\n', "'data.root': no dataset directory at /nope"),
     ]
     for text, message in cases:
         bad.write_text(text)
