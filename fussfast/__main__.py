@@ -26,11 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from fussfast.run import run as run_config
 
         try:
-            config = load_config(args.config, args.set)
-        except ConfigError as e:
+            metrics = run_config(load_config(args.config, args.set), args.out)
+        except (ConfigError, FileNotFoundError) as e:  # bad config, missing data: a message, no traceback
             print(f"fussfast run: {e}", file=sys.stderr)
             return 2
-        metrics = run_config(config, args.out)
         final = metrics["final"]["global"]
         print(f"final global mIoU {final['miou']:.1f}, accuracy {final['acc']:.1f} "
               f"(majority-class baseline mIoU {metrics['baseline']['majority']['miou']:.1f}); "

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fussfast.data.datasets import (cityscapes27, cityscapes_sites, coco_fine_to_coarse, cocostuff27,

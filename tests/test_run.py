@@ -106,3 +106,8 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     assert out.returncode == 2
     assert "fussfast run: config key 'fed.rounds' must be >= 1" in out.stderr
     assert "Traceback" not in out.stderr
+    (tmp_path / "empty").mkdir()
+    bad.write_text(f'[data]\nkind = "folder"\nroot = "{tmp_path / "empty"}"\n')
+    out = subprocess.run([sys.executable, "-m", "fussfast", "run", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "folder data: no directory" in out.stderr and "Traceback" not in out.stderr
