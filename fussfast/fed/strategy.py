@@ -1,0 +1,152 @@
+"""Server-side aggregation: FedAvg, FedProx and the FUSS paper's FedCC-kMeans / FedCC-Maximin.
+
+A client's upload is an ``Update``: named arrays (the head's parameters, ``"centroids"`` [K, D]),
+its sample count and metrics. ``Strategy.aggregate(round, updates, current)`` returns the new
+global arrays. Names that start with one of ``local_params`` stay on the clients (FUSS's
+"encoder" variant keeps ``centroids`` local; pFedSAM-style adapters keep their modules local).
+Only the head and the centroids travel; the frozen backbone never does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from fussfast.ops import kmeans, maximin
+
+CENTROIDS = "centroids"
+
+
+@dataclass
+class Update:
+    client: str
+    arrays: dict[str, torch.Tensor]
+    num_samples: int
+    metrics: dict = field(default_factory=dict)
+
+
+def check_update(update: Update, current: dict[str, torch.Tensor]) -> str | None:
+    """Why an update must be left out of the round (missing or extra arrays, wrong shapes,
+    NaN/Inf, no samples), or None if it is usable."""
+    if update.num_samples <= 0:
+        return f"{update.client}: no samples"
+    missing, extra = current.keys() - update.arrays.keys(), update.arrays.keys() - current.keys()
+    if missing or extra:
+        return f"{update.client}: arrays differ from the global model (missing {sorted(missing)}, extra {sorted(extra)})"
+    for name, value in update.arrays.items():
+        if value.shape != current[name].shape:
+            return f"{update.client}: {name} has shape {list(value.shape)}, expected {list(current[name].shape)}"
+        if not torch.isfinite(value).all():
+            return f"{update.client}: {name} contains NaN or Inf"
+    return None
+
+
+class Strategy:
+    """Averages every shared array (uniformly, or weighted by sample count). Subclasses change
+    how the centroids are combined, or add a client-side term."""
+
+    name = "fedavg"
+
+    def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = ()):
+        self.weighted, self.local_params = weighted, tuple(local_params)
+
+    def is_local(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.local_params)
+
+    def weights(self, updates: list[Update]) -> torch.Tensor:
+        w = torch.tensor([float(u.num_samples) if self.weighted else 1.0 for u in updates], dtype=torch.float64)
+        return w / w.sum()
+
+    def aggregate(self, round: int, updates: list[Update], current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not updates:
+            raise ValueError(f"{self.name}: no client updates to aggregate in round {round}")
+        w = self.weights(updates)
+        out = dict(current)
+        for name, value in current.items():
+            if self.is_local(name):
+                continue
+            if name == CENTROIDS:
+                out[name] = self.combine_centroids([u.arrays[name] for u in updates], updates).to(value.dtype)
+            else:
+                stacked = torch.stack([u.arrays[name].double() for u in updates])
+                out[name] = (w.view(-1, *[1] * value.dim()) * stacked).sum(0).to(value.dtype)
+        return out
+
+    def combine_centroids(self, centroids: list[torch.Tensor], updates: list[Update]) -> torch.Tensor:
+        """FedAvg: index-wise average (centroid k of every client is assumed to mean the same)."""
+        w = self.weights(updates)
+        return (w.view(-1, 1, 1) * torch.stack([c.double() for c in centroids])).sum(0)
+
+    def client_penalty(self, params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Extra local loss term (none for FedAvg)."""
+        return torch.zeros(())
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+
+
+class FedProx(Strategy):
+    """FedAvg aggregation plus the client term (mu / 2) * sum ||theta - theta_global||^2 over the
+    head's parameters; ``scope="mlp"`` restricts it to the MLP branch, as FUSS's code does.
+    Default: the whole head (the paper's formulation), mu = 0.001."""
+
+    name = "fedprox"
+
+    def __init__(self, *, mu: float = 0.001, scope: str = "head", **kwargs):
+        super().__init__(**kwargs)
+        if scope not in ("head", "mlp"):
+            raise ValueError(f"fedprox: scope must be 'head' or 'mlp', got {scope!r}")
+        if not math.isfinite(mu) or mu < 0:
+            raise ValueError(f"fedprox: mu must be a finite number >= 0, got {mu!r}")
+        self.mu, self.scope = mu, scope
+
+    def client_penalty(self, params, global_params):
+        total = torch.zeros(())
+        for name, p in params.items():
+            if name == CENTROIDS or self.is_local(name) or (self.scope == "mlp" and ".mlp." not in f".{name}"):
+                continue
+            total = total + ((p - global_params[name].to(p)) ** 2).sum()
+        return self.mu / 2 * total
+
+
+class FedCC(Strategy):
+    """FUSS's FedCC: heads are averaged, all clients' centroids are pooled (n_clients * K points)
+    and re-clustered on the server. ``method="kmeans"``: k-means++ with n_init 10, the K centres
+    become the global centroids; ``method="maximin"``: greedy farthest-point choice of K pooled
+    centroids starting at client 0's centroid 0. Defaults follow FUSS (Euclidean on the raw
+    centroids); options: cosine metric, normalized centroids, weighting by sample count (kmeans)."""
+
+    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", normalize: bool = False,
+                 weight_centroids: bool = False, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if method not in ("kmeans", "maximin"):
+            raise ValueError(f"fedcc: method must be 'kmeans' or 'maximin', got {method!r}")
+        self.method, self.metric, self.normalize = method, metric, normalize
+        self.weight_centroids, self.seed = weight_centroids, seed
+        self.name = f"fedcc-{method}"
+
+    def combine_centroids(self, centroids, updates):
+        K = centroids[0].shape[0]
+        pooled = torch.cat([c.double() for c in centroids])
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=1)
+        if self.method == "maximin":
+            return pooled[maximin(pooled, K, metric=self.metric, start=0)]
+        weights = None
+        if self.weight_centroids:
+            weights = torch.tensor([float(u.num_samples) for u in updates for _ in range(K)], dtype=torch.float64)
+        return kmeans(pooled, K, weights=weights, metric=self.metric, n_init=10, seed=self.seed).centroids
+
+
+def make_strategy(name: str, **options) -> Strategy:
+    """``fedavg``, ``fedprox``, ``fedcc-kmeans`` or ``fedcc-maximin`` with its options."""
+    if name == "fedavg":
+        return FedAvg(**options)
+    if name == "fedprox":
+        return FedProx(**options)
+    if name in ("fedcc-kmeans", "fedcc-maximin"):
+        return FedCC(method=name.removeprefix("fedcc-"), **options)
+    raise ValueError(f"unknown strategy {name!r}; choose fedavg, fedprox, fedcc-kmeans or fedcc-maximin")
