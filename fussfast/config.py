@@ -42,8 +42,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "backend": "fused",          # fused or reference, for every op
     },
     "fed": {
-        "strategy": "centralized",   # centralized or local (federated strategies follow)
+        "strategy": "centralized",   # centralized, local, fedavg, fedprox, fedcc-kmeans, fedcc-maximin
         "rounds": 3,
+        "weighted": True,            # average weighted by each site's sample count
+        "mu": 0.001,                 # fedprox
+        "prox_scope": "head",        # fedprox: head (paper) or mlp (FUSS's code)
+        "cc_metric": "euclidean",    # fedcc: euclidean (FUSS) or cosine
     },
     "seed": 0,
     "cache_dir": ".fussfast_cache",
@@ -55,7 +59,9 @@ CHOICES = {
     ("data", "crop"): ("center", "five"),
     ("model", "precision"): ("fp16", "bf16", "fp32"),
     ("train", "backend"): ("fused", "reference"),
-    ("fed", "strategy"): ("centralized", "local"),
+    ("fed", "strategy"): ("centralized", "local", "fedavg", "fedprox", "fedcc-kmeans", "fedcc-maximin"),
+    ("fed", "prox_scope"): ("head", "mlp"),
+    ("fed", "cc_metric"): ("euclidean", "cosine"),
     ("device",): ("auto", "cpu", "cuda"),
 }
 

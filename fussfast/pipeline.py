@@ -76,9 +76,21 @@ class SiteModel:
         self.head_opt = torch.optim.Adam(self.head.parameters(), lr=head_lr)
         self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
 
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """What travels to the server: the head's parameters and the centroids."""
+        out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        out["centroids"] = self.probe.clusters.detach().cpu().clone()
+        return out
+
+    def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.head.load_state_dict({k.removeprefix("head."): v for k, v in arrays.items() if k.startswith("head.")})
+            self.probe.clusters.copy_(arrays["centroids"])
+
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
-                    generator: torch.Generator) -> list[float]:
-        """``steps`` updates on random batches; positives come from the kNN ``table``."""
+                    generator: torch.Generator, penalty=None) -> list[float]:
+        """``steps`` updates on random batches; positives come from the kNN ``table``;
+        ``penalty(head_params)`` adds a client-side term (FedProx)."""
         self.head.train()
         losses = []
         n = data.features.shape[0]
@@ -93,7 +105,8 @@ class SiteModel:
             probe_loss, _ = self.probe(code.detach())
             self.head_opt.zero_grad()
             self.probe_opt.zero_grad()
-            (corr.total + probe_loss).backward()
+            extra = penalty(dict(self.head.named_parameters())) if penalty else 0
+            (corr.total + probe_loss + extra).backward()
             self.head_opt.step()
             self.probe_opt.step()
             losses.append(float((corr.total + probe_loss).detach()))

@@ -17,6 +17,7 @@ from fussfast.data import synthetic_federation
 from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, cocostuff27, dirichlet_split,
                                     folder_federation)
 from fussfast.eval import hungarian_scores
+from fussfast.fed import Update, check_update, make_strategy
 from fussfast.losses import CorrespondenceConfig
 from fussfast.model import FrozenBackbone, knn_table
 from fussfast.pipeline import FeatureSet, SiteModel, extract, weights_digest
@@ -101,6 +102,9 @@ def run(config: dict, out_dir: str | Path) -> dict:
 
     strategy = config["fed"]["strategy"]
     generator = torch.Generator().manual_seed(seed)
+    if strategy not in ("centralized", "local"):
+        rounds = _federate(config, train, shared, new_model, generator, K)
+        return _write(config, out_dir, device, shared, K, rounds, t0, t_features)
     if strategy == "centralized":
         # one site holding everything; kNN positives are still found within each site
         pooled = FeatureSet(torch.cat([d.features for d in train.values()]),
@@ -134,6 +138,56 @@ def run(config: dict, out_dir: str | Path) -> dict:
         print(f"round {r + 1}/{config['fed']['rounds']}: global mIoU {global_scores['miou']:.1f} "
               f"acc {global_scores['acc']:.1f}", file=sys.stderr)
 
+    return _write(config, out_dir, device, shared, K, rounds, t0, t_features)
+
+
+def _federate(config, train, shared, new_model, generator, K) -> list[dict]:
+    """Rounds of FedAvg / FedProx / FedCC: every site starts from the global head and centroids,
+    trains locally, uploads; the server leaves out bad updates (with the reason) and aggregates."""
+    fed, tcfg = config["fed"], config["train"]
+    options = {"weighted": fed["weighted"]}
+    if fed["strategy"] == "fedprox":
+        options.update(mu=fed["mu"], scope=fed["prox_scope"])
+    if fed["strategy"].startswith("fedcc"):
+        options.update(metric=fed["cc_metric"], seed=config["seed"])
+    strategy = make_strategy(fed["strategy"], **options)
+    models = {name: new_model() for name in train}
+    global_model = new_model()
+    current = global_model.arrays()
+    tables = {name: knn_table(d.descriptors) for name, d in train.items()}
+    rounds = []
+    for r in range(fed["rounds"]):
+        t = time.perf_counter()
+        updates, excluded, losses = [], {}, {}
+        global_head = {k.removeprefix("head."): v for k, v in current.items() if k.startswith("head.")}
+        for name, model in models.items():
+            model.load_arrays(current)
+            anchor = {k: v.to(model.device) for k, v in global_head.items()}
+            losses[name] = model.train_steps(train[name], tables[name], tcfg["local_steps"], tcfg["batch_size"],
+                                             generator, penalty=lambda p: strategy.client_penalty(p, anchor))
+            update = Update(name, model.arrays(), train[name].features.shape[0])
+            reason = check_update(update, current)
+            if reason:
+                excluded[name] = reason
+                print(f"round {r + 1}: left out {reason}", file=sys.stderr)
+            else:
+                updates.append(update)
+        current = strategy.aggregate(r + 1, updates, current)
+        global_model.load_arrays(current)
+        size = sum(v.numel() * v.element_size() for v in current.values())
+        clients = {name: _scores(global_model.confusion(d, K)) for name, d in train.items()}
+        global_scores = _scores(global_model.confusion(shared, K))
+        rounds.append({"round": r + 1, "global": global_scores, "clients": clients,
+                       "loss": {name: sum(v) / len(v) for name, v in losses.items()},
+                       "excluded": excluded,
+                       "bytes": {name: {"down": size, "up": size if name not in excluded else 0} for name in models},
+                       "seconds": time.perf_counter() - t})
+        print(f"round {r + 1}/{fed['rounds']}: global mIoU {global_scores['miou']:.1f} "
+              f"acc {global_scores['acc']:.1f}", file=sys.stderr)
+    return rounds
+
+
+def _write(config, out_dir, device, shared, K, rounds, t0, t_features) -> dict:
     metrics = {
         "config": config,
         "versions": {"fussfast": fussfast.__version__, "torch": torch.__version__, "python": platform.python_version()},

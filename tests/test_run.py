@@ -111,3 +111,33 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fussfast", "run", str(bad), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "folder data: no directory" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedcc-kmeans", "fedcc-maximin"])
+def test_federated_strategies_run(tmp_path, strategy):
+    config = load_config(None, SMALL + [f"fed.strategy=\"{strategy}\"", "fed.rounds=1", "train.local_steps=10",
+                                        f"cache_dir=\"{tmp_path / 'c'}\""])
+    metrics = run(config, tmp_path)
+    round1 = metrics["rounds"][0]
+    assert round1["excluded"] == {} and set(round1["clients"]) == {"site0", "site1"}
+    assert round1["bytes"]["site0"]["up"] == round1["bytes"]["site0"]["down"] > 0
+    assert metrics["final"]["global"]["miou"] > metrics["baseline"]["majority"]["miou"]
+
+
+def test_nan_update_is_left_out(tmp_path, monkeypatch):
+    import fussfast.run as run_module
+
+    real = run_module.Update
+
+    def poisoned(name, arrays, num_samples):
+        if name == "site0":
+            arrays = {**arrays, "centroids": arrays["centroids"] * float("nan")}
+        return real(name, arrays, num_samples)
+
+    monkeypatch.setattr(run_module, "Update", poisoned)
+    config = load_config(None, SMALL + ["fed.strategy=\"fedcc-kmeans\"", "fed.rounds=1", "train.local_steps=5",
+                                        f"cache_dir=\"{tmp_path / 'c'}\""])
+    metrics = run(config, tmp_path)
+    assert metrics["rounds"][0]["excluded"] == {"site0": "site0: centroids contains NaN or Inf"}
+    assert metrics["rounds"][0]["bytes"]["site0"]["up"] == 0
+    assert metrics["final"]["global"]["miou"] >= 0  # the run went on with site1 alone
