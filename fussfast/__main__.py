@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             metrics = run_config(load_config(args.config, args.set), args.out)
-        except (ConfigError, FileNotFoundError) as e:  # bad config, missing data: a message, no traceback
+        except (ConfigError, FileNotFoundError, RuntimeError) as e:  # bad config, missing data, too few clients
             print(f"fussfast run: {e}", file=sys.stderr)
             return 2
         final = metrics["final"]["global"]

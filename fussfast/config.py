@@ -48,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mu": 0.001,                 # fedprox
         "prox_scope": "head",        # fedprox: head (paper) or mlp (FUSS's code)
         "cc_metric": "euclidean",    # fedcc: euclidean (FUSS) or cosine
+        "min_clients": 1,            # fewer usable updates in a round end the run
     },
     "seed": 0,
     "cache_dir": ".fussfast_cache",
@@ -134,7 +135,7 @@ def _check_choices(config: dict) -> None:
             raise ConfigError(f"config key {'.'.join(path)!r} must be one of {allowed}, got {value!r}")
     positive = [("data", "num_classes"), ("data", "image_size"), ("data", "eval_size"), ("data", "sites"),
                 ("data", "images_per_site"), ("data", "eval_images"), ("model", "code_dim"),
-                ("train", "local_steps"), ("train", "batch_size"), ("fed", "rounds")]
+                ("train", "local_steps"), ("train", "batch_size"), ("fed", "rounds"), ("fed", "min_clients")]
     for section, key in positive:
         if config[section][key] < 1:
             raise ConfigError(f"config key '{section}.{key}' must be >= 1, got {config[section][key]}")

@@ -163,22 +163,28 @@ def _federate(config, train, shared, new_model, generator, K) -> list[dict]:
         for name, model in models.items():
             model.load_arrays(current)
             anchor = {k: v.to(model.device) for k, v in global_head.items()}
-            losses[name] = model.train_steps(train[name], tables[name], tcfg["local_steps"], tcfg["batch_size"],
-                                             generator, penalty=lambda p: strategy.client_penalty(p, anchor))
-            update = Update(name, model.arrays(), train[name].features.shape[0])
-            reason = check_update(update, current)
+            try:
+                losses[name] = model.train_steps(train[name], tables[name], tcfg["local_steps"], tcfg["batch_size"],
+                                                 generator, penalty=lambda p: strategy.client_penalty(p, anchor))
+                update = Update(name, model.arrays(), train[name].features.shape[0])
+                reason = check_update(update, current)
+            except Exception as e:  # a failing site drops out of this round, the run goes on
+                reason = f"{name}: failed with {type(e).__name__}: {e}"
             if reason:
                 excluded[name] = reason
                 print(f"round {r + 1}: left out {reason}", file=sys.stderr)
             else:
                 updates.append(update)
+        if len(updates) < fed["min_clients"]:
+            raise RuntimeError(f"round {r + 1}: only {len(updates)} usable client updates, fewer than "
+                               f"fed.min_clients={fed['min_clients']}: {excluded}")
         current = strategy.aggregate(r + 1, updates, current)
         global_model.load_arrays(current)
         size = sum(v.numel() * v.element_size() for v in current.values())
         clients = {name: _scores(global_model.confusion(d, K)) for name, d in train.items()}
         global_scores = _scores(global_model.confusion(shared, K))
         rounds.append({"round": r + 1, "global": global_scores, "clients": clients,
-                       "loss": {name: sum(v) / len(v) for name, v in losses.items()},
+                       "loss": {name: sum(v) / len(v) for name, v in losses.items() if v},
                        "excluded": excluded,
                        "bytes": {name: {"down": size, "up": size if name not in excluded else 0} for name in models},
                        "seconds": time.perf_counter() - t})

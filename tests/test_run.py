@@ -141,3 +141,31 @@ def test_nan_update_is_left_out(tmp_path, monkeypatch):
     assert metrics["rounds"][0]["excluded"] == {"site0": "site0: centroids contains NaN or Inf"}
     assert metrics["rounds"][0]["bytes"]["site0"]["up"] == 0
     assert metrics["final"]["global"]["miou"] >= 0  # the run went on with site1 alone
+
+
+def test_failing_client_is_left_out_and_min_clients_ends_the_run(tmp_path, monkeypatch):
+    from fussfast.pipeline import SiteModel
+
+    real = SiteModel.train_steps
+
+    def flaky(self, data, *args, **kwargs):
+        if data.features.shape[0] == 16 and getattr(self, "fail", False):
+            raise MemoryError("out of memory")
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(SiteModel, "train_steps", flaky)
+    real_init = SiteModel.__init__
+    made = []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.fail = len(made) == 0  # the first site's model fails every round
+        made.append(self)
+
+    monkeypatch.setattr(SiteModel, "__init__", init)
+    base = SMALL + ["fed.strategy=\"fedavg\"", "fed.rounds=1", "train.local_steps=5", f"cache_dir=\"{tmp_path / 'c'}\""]
+    metrics = run(load_config(None, base), tmp_path)
+    assert metrics["rounds"][0]["excluded"] == {"site0": "site0: failed with MemoryError: out of memory"}
+    made.clear()
+    with pytest.raises(RuntimeError, match="fewer than fed.min_clients=2"):
+        run(load_config(None, base + ["fed.min_clients=2"]), tmp_path / "two")
