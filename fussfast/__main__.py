@@ -12,28 +12,65 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="print the build (CUDA, OpenMP) and the visible devices")
     run = sub.add_parser("run", help="train and evaluate from a TOML config; writes DIR/metrics.json")
     run.add_argument("config", nargs="?", help="TOML file (default: the built-in synthetic setup)")
-    run.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
+    run.add_argument("--out", help="output directory (default: runs/latest, or the --resume directory)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed round")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set fed.strategy=local (repeatable)")
+    demo = sub.add_parser("demo", help="compare local, FedAvg and FedCC on built-in synthetic data; "
+                                       "writes DIR/report.html and DIR/metrics.json")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key for every strategy (repeatable)")
+    report = sub.add_parser("report", help="write an HTML report comparing finished runs")
+    report.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
+    report.add_argument("--out", default="report.html", help="output file (default: report.html)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
         from fussfast._info import runtime_report
 
         print(runtime_report())
-    elif args.command == "run":
-        from fussfast.config import ConfigError, load_config
-        from fussfast.run import run as run_config
+        return 0
+    from fussfast.config import ConfigError
 
-        try:
-            metrics = run_config(load_config(args.config, args.set), args.out)
-        except (ConfigError, FileNotFoundError, RuntimeError) as e:  # bad config, missing data, too few clients
-            print(f"fussfast run: {e}", file=sys.stderr)
-            return 2
-        final = metrics["final"]["global"]
-        print(f"final global mIoU {final['miou']:.1f}, accuracy {final['acc']:.1f} "
-              f"(majority-class baseline mIoU {metrics['baseline']['majority']['miou']:.1f}); "
-              f"metrics in {args.out}/metrics.json")
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "demo":
+            from fussfast.config import load_config
+            from fussfast.demo import demo as run_demo
+
+            load_config(None, args.set)  # bad overrides fail before any work
+            summary = run_demo(args.out, args.set)
+            for name, s in summary["strategies"].items():
+                print(f"{name:>14}: global mIoU {s['final']['global']['miou']:.1f}")
+            print(f"report: {args.out}/report.html ({summary['total_s']:.0f} s)")
+        elif args.command == "report":
+            from pathlib import Path
+
+            from fussfast.report import write_report
+
+            print(write_report({Path(d).name: d for d in args.runs}, args.out))
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:  # bad config or data, too few clients
+        print(f"fussfast {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _run(args) -> int:
+    from fussfast.config import load_config
+    from fussfast.run import run as run_config
+
+    out = args.out or args.resume or "runs/latest"
+    if args.resume and args.out and args.out != args.resume:
+        raise ValueError("--resume continues in its own directory; leave out --out")
+    metrics = run_config(load_config(args.config, args.set), out, resume=bool(args.resume))
+    final = metrics["final"]["global"]
+    print(f"final global mIoU {final['miou']:.1f}, accuracy {final['acc']:.1f} "
+          f"(majority-class baseline mIoU {metrics['baseline']['majority']['miou']:.1f}); "
+          f"metrics in {out}/metrics.json")
     return 0
 
 

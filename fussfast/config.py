@@ -42,12 +42,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "backend": "fused",          # fused or reference, for every op
     },
     "fed": {
-        "strategy": "centralized",   # centralized, local, fedavg, fedprox, fedcc-kmeans, fedcc-maximin
+        "strategy": "centralized",   # centralized, local, fedavg, fedprox, moon, fedcc-kmeans, fedcc-maximin
         "rounds": 3,
+        "clients_per_round": 0,      # clients sampled each round (0: use fraction)
+        "fraction": 1.0,             # share of the clients sampled each round (at least one)
         "weighted": True,            # average weighted by each site's sample count
         "mu": 0.001,                 # fedprox
         "prox_scope": "head",        # fedprox: head (paper) or mlp (FUSS's code)
+        "moon_mu": 1.0,              # moon: weight of the model-contrastive term
+        "moon_tau": 0.5,             # moon: temperature
         "cc_metric": "euclidean",    # fedcc: euclidean (FUSS) or cosine
+        "local_params": [],          # personalization: "centroids", "head" or head modules ("head.lin")
+        "distill_weight": 0.0,       # global->local distillation of the codes (0: off)
+        "distill": "cosine",         # cosine or kl
         "min_clients": 1,            # fewer usable updates in a round end the run
     },
     "seed": 0,
@@ -60,7 +67,8 @@ CHOICES = {
     ("data", "crop"): ("center", "five"),
     ("model", "precision"): ("fp16", "bf16", "fp32"),
     ("train", "backend"): ("fused", "reference"),
-    ("fed", "strategy"): ("centralized", "local", "fedavg", "fedprox", "fedcc-kmeans", "fedcc-maximin"),
+    ("fed", "strategy"): ("centralized", "local", "fedavg", "fedprox", "moon", "fedcc-kmeans", "fedcc-maximin"),
+    ("fed", "distill"): ("cosine", "kl"),
     ("fed", "prox_scope"): ("head", "mlp"),
     ("fed", "cc_metric"): ("euclidean", "cosine"),
     ("device",): ("auto", "cpu", "cuda"),
@@ -141,6 +149,16 @@ def _check_choices(config: dict) -> None:
             raise ConfigError(f"config key '{section}.{key}' must be >= 1, got {config[section][key]}")
     if config["data"]["alpha"] < 0:
         raise ConfigError("config key 'data.alpha' must be >= 0")
+    fed = config["fed"]
+    if not 0 < fed["fraction"] <= 1:
+        raise ConfigError(f"config key 'fed.fraction' must be in (0, 1], got {fed['fraction']}")
+    for key in ("clients_per_round", "mu", "moon_mu", "distill_weight"):
+        if fed[key] < 0:
+            raise ConfigError(f"config key 'fed.{key}' must be >= 0, got {fed[key]}")
+    if fed["moon_tau"] <= 0:
+        raise ConfigError(f"config key 'fed.moon_tau' must be > 0, got {fed['moon_tau']}")
+    if not all(isinstance(p, str) for p in fed["local_params"]):
+        raise ConfigError(f"config key 'fed.local_params' must be a list of strings, got {fed['local_params']!r}")
     data = config["data"]
     if data["kind"] != "synthetic":
         if data["root"] is None or not Path(data["root"]).is_dir():

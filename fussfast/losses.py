@@ -136,3 +136,26 @@ def _sample(t: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
     if coords is None:
         return t
     return F.grid_sample(t, coords.permute(0, 2, 1, 3).to(t.dtype), padding_mode="border", align_corners=True)
+
+
+def moon_contrast(code: torch.Tensor, code_global: torch.Tensor, code_previous: torch.Tensor,
+                  tau: float = 0.5) -> torch.Tensor:
+    """MOON's model-contrastive term on per-pixel codes ``[B, D, H, W]``: the local code is pulled
+    towards the global model's code and pushed from the previous local model's,
+    ``-log(e^{cos(z, z_g)/tau} / (e^{cos(z, z_g)/tau} + e^{cos(z, z_prev)/tau}))``, mean over pixels."""
+    pos = F.cosine_similarity(code, code_global, dim=1) / tau
+    neg = F.cosine_similarity(code, code_previous, dim=1) / tau
+    return (torch.logaddexp(pos, neg) - pos).mean()
+
+
+def code_distill(code: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Global→local distillation on per-pixel codes ``[B, D, H, W]`` (``target`` is detached):
+    ``cosine``: mean of 1 - cos(z, z_g); ``kl``: mean over pixels of KL(softmax(z_g) || softmax(z))
+    over the code channels."""
+    target = target.detach()
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(code, target, dim=1)).mean()
+    if kind == "kl":
+        p = F.log_softmax(target, dim=1)
+        return (p.exp() * (p - F.log_softmax(code, dim=1))).sum(1).mean()
+    raise ValueError(f"code_distill: kind must be 'cosine' or 'kl', got {kind!r}")

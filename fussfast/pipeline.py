@@ -83,14 +83,28 @@ class SiteModel:
         return out
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        """Sets the given arrays (all or some of ``arrays()``'s names); the rest stay as they are."""
         with torch.no_grad():
-            self.head.load_state_dict({k.removeprefix("head."): v for k, v in arrays.items() if k.startswith("head.")})
-            self.probe.clusters.copy_(arrays["centroids"])
+            state = self.head.state_dict()
+            unknown = [k for k in arrays if k != "centroids" and k.removeprefix("head.") not in state]
+            if unknown:
+                raise KeyError(f"SiteModel.load_arrays: unknown arrays {unknown}")
+            state.update({k.removeprefix("head."): v for k, v in arrays.items() if k.startswith("head.")})
+            self.head.load_state_dict(state)
+            if "centroids" in arrays:
+                self.probe.clusters.copy_(arrays["centroids"])
+
+    def optimizer_states(self) -> dict:
+        return {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        self.head_opt.load_state_dict(states["head"])
+        self.probe_opt.load_state_dict(states["probe"])
 
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
-                    generator: torch.Generator, penalty=None) -> list[float]:
+                    generator: torch.Generator, extra=None) -> list[float]:
         """``steps`` updates on random batches; positives come from the kNN ``table``;
-        ``penalty(head_params)`` adds a client-side term (FedProx)."""
+        ``extra(head, feats, code)`` adds a client-side term (FedProx, MOON, distillation)."""
         self.head.train()
         losses = []
         n = data.features.shape[0]
@@ -105,25 +119,29 @@ class SiteModel:
             probe_loss, _ = self.probe(code.detach())
             self.head_opt.zero_grad()
             self.probe_opt.zero_grad()
-            extra = penalty(dict(self.head.named_parameters())) if penalty else 0
-            (corr.total + probe_loss + extra).backward()
+            (corr.total + probe_loss + (extra(self.head, feats, code) if extra else 0)).backward()
             self.head_opt.step()
             self.probe_opt.step()
             losses.append(float((corr.total + probe_loss).detach()))
         return losses
 
     @torch.no_grad()
-    def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64) -> torch.Tensor:
-        """Confusion matrix of the cluster predictions (flip-averaged codes when available,
-        nearest-upsampled to the masks) against the ground truth."""
+    def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        """Cluster per pixel (flip-averaged codes when ``flipped`` is given), nearest-upsampled to ``size``."""
         self.head.eval()
+        code = self.head(features.to(self.device))
+        if flipped is not None:
+            code = (code + self.head(flipped.to(self.device)).flip(-1)) / 2
+        labels = self.probe.labels(code)
+        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+    @torch.no_grad()
+    def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64) -> torch.Tensor:
+        """Confusion matrix of the cluster predictions against the ground truth."""
         total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         for b in range(0, data.features.shape[0], batch_size):
-            code = self.head(data.features[b:b + batch_size].to(self.device))
-            if data.flipped is not None:
-                code = (code + self.head(data.flipped[b:b + batch_size].to(self.device)).flip(-1)) / 2
-            labels = self.probe.labels(code)
             masks = data.masks[b:b + batch_size]
-            labels = F.interpolate(labels[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
+            flipped = data.flipped[b:b + batch_size] if data.flipped is not None else None
+            labels = self.predict(data.features[b:b + batch_size], flipped, masks.shape[-2:])
             total += confusion_matrix(labels, masks.to(self.device), num_classes, num_classes).cpu()
         return total

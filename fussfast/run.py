@@ -1,5 +1,6 @@
-"""``fussfast run``: a run from a config, with the non-federated baselines of the FUSS paper
-(``centralized``: one site holds all the data; ``local``: every site trains alone)."""
+"""``fussfast run``: a federation from a config. Besides the federated strategies, the FUSS
+paper's baselines: ``centralized`` (one site holds all the data) and ``local`` (every site
+trains alone)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 import fussfast
 from fussfast.data import synthetic_federation
 from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, cocostuff27, dirichlet_split,
                                     folder_federation)
+from fussfast.config import ConfigError
+from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 from fussfast.eval import hungarian_scores
-from fussfast.fed import Update, check_update, make_strategy
+from fussfast.fed import Strategy, make_strategy
+from fussfast.fed.client import Client, scores
+from fussfast.fed.loop import Federation
 from fussfast.losses import CorrespondenceConfig
 from fussfast.model import FrozenBackbone, knn_table
 from fussfast.pipeline import FeatureSet, SiteModel, extract, weights_digest
@@ -29,18 +35,13 @@ def _progress(desc: str):
     return lambda items: tqdm(items, desc=desc, leave=False, disable=not sys.stderr.isatty())
 
 
-def _scores(confusion) -> dict:
-    s = hungarian_scores(confusion)
-    return {"miou": s.miou, "acc": s.acc}
-
-
 def majority_baseline(data: FeatureSet, num_classes: int) -> dict:
     """Scores of predicting the most frequent class everywhere."""
     masks = data.masks[(data.masks >= 0) & (data.masks < num_classes)]
     counts = torch.bincount(masks, minlength=num_classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion[int(counts.argmax())] = counts
-    return _scores(confusion)
+    return scores(confusion)
 
 
 def make_data(data: dict, seed: int):
@@ -67,11 +68,17 @@ def make_data(data: dict, seed: int):
     return sites, cocostuff27(data["root"], "val", eval_size)
 
 
-def run(config: dict, out_dir: str | Path) -> dict:
+def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
+    """Trains and evaluates ``config`` into ``out_dir``: ``metrics.json`` (rewritten after every
+    round), ``checkpoint/`` (every completed round), and at the end ``model.safetensors`` (the
+    scored models' arrays) and ``samples.safetensors`` (a few shared-set images with their
+    ground truth and predictions). ``resume=True`` carries on from ``out_dir``'s checkpoint."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    if resume:
+        _check_resumable(config, out_dir / "checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed, data_cfg, model_cfg = config["seed"], config["data"], config["model"]
+    seed, data_cfg, model_cfg, fed, tcfg = (config[k] for k in ("seed", "data", "model", "fed", "train"))
     K = data_cfg["num_classes"]
     device = torch.device("cuda" if config["device"] == "auto" and torch.cuda.is_available()
                           else "cpu" if config["device"] == "auto" else config["device"])
@@ -81,11 +88,11 @@ def run(config: dict, out_dir: str | Path) -> dict:
     sites, evaluation = make_data(data_cfg, seed)
     base_key = {"data": data_cfg, "seed": seed, "backbone": model_cfg["backbone"],
                 "weights": weights_digest(model_cfg["weights"], seed), "precision": model_cfg["precision"]}
-    cache = config["cache_dir"]
 
     def features(name, ds, flip):
         key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
-        return extract(backbone, ds, key, cache, device, flip=flip, progress=_progress(f"features {name}"))
+        return extract(backbone, ds, key, config["cache_dir"], device, flip=flip,
+                       progress=_progress(f"features {name}"))
 
     train = {name: features(name, ds, flip=True) for name, ds in sites.items()}
     shared = features("eval", evaluation, flip=True)
@@ -93,19 +100,15 @@ def run(config: dict, out_dir: str | Path) -> dict:
 
     loss_cfg = CorrespondenceConfig.preset(config["loss"]["preset"],
                                            feature_samples=config["loss"]["feature_samples"])
-    tcfg = config["train"]
 
     def new_model():
         return SiteModel(backbone.dim, model_cfg["code_dim"], K, loss=loss_cfg,
                          num_neighbors=config["loss"]["num_neighbors"], head_lr=tcfg["head_lr"],
                          probe_lr=tcfg["probe_lr"], backend=tcfg["backend"], device=device)
 
-    strategy = config["fed"]["strategy"]
-    generator = torch.Generator().manual_seed(seed)
-    if strategy not in ("centralized", "local"):
-        rounds = _federate(config, train, shared, new_model, generator, K)
-        return _write(config, out_dir, device, shared, K, rounds, t0, t_features)
-    if strategy == "centralized":
+    client_options = dict(local_steps=tcfg["local_steps"], batch_size=tcfg["batch_size"],
+                          distill_weight=fed["distill_weight"], distill=fed["distill"])
+    if fed["strategy"] == "centralized":
         # one site holding everything; kNN positives are still found within each site
         pooled = FeatureSet(torch.cat([d.features for d in train.values()]),
                             torch.cat([d.descriptors for d in train.values()]),
@@ -115,82 +118,102 @@ def run(config: dict, out_dir: str | Path) -> dict:
             tables.append(knn_table(d.descriptors) + offset)
             offset += d.features.shape[0]
         width = min(t.shape[1] for t in tables)
-        jobs = {"all": (new_model(), pooled, torch.cat([t[:, :width] for t in tables]))}
+        table = torch.cat([t[:, :width] for t in tables])
+        clients = {"all": Client("all", pooled, new_model(), table=table, **client_options)}
     else:
-        jobs = {name: (new_model(), d, knn_table(d.descriptors)) for name, d in train.items()}
-
-    rounds = []
-    for r in range(config["fed"]["rounds"]):
-        t = time.perf_counter()
-        losses = {name: model.train_steps(data, table, tcfg["local_steps"], tcfg["batch_size"], generator)
-                  for name, (model, data, table) in jobs.items()}
-        if strategy == "centralized":
-            model = jobs["all"][0]
-            clients = {name: _scores(model.confusion(d, K)) for name, d in train.items()}
-            global_scores = _scores(model.confusion(shared, K))
-        else:
-            clients = {name: _scores(jobs[name][0].confusion(d, K)) for name, d in train.items()}
-            per_site = [_scores(jobs[name][0].confusion(shared, K)) for name in train]
-            global_scores = {m: sum(s[m] for s in per_site) / len(per_site) for m in ("miou", "acc")}
-        rounds.append({"round": r + 1, "global": global_scores, "clients": clients,
-                       "loss": {name: sum(v) / len(v) for name, v in losses.items()},
-                       "seconds": time.perf_counter() - t})
-        print(f"round {r + 1}/{config['fed']['rounds']}: global mIoU {global_scores['miou']:.1f} "
-              f"acc {global_scores['acc']:.1f}", file=sys.stderr)
-
-    return _write(config, out_dir, device, shared, K, rounds, t0, t_features)
-
-
-def _federate(config, train, shared, new_model, generator, K) -> list[dict]:
-    """Rounds of FedAvg / FedProx / FedCC: every site starts from the global head and centroids,
-    trains locally, uploads; the server leaves out bad updates (with the reason) and aggregates."""
-    fed, tcfg = config["fed"], config["train"]
-    options = {"weighted": fed["weighted"]}
-    if fed["strategy"] == "fedprox":
-        options.update(mu=fed["mu"], scope=fed["prox_scope"])
-    if fed["strategy"].startswith("fedcc"):
-        options.update(metric=fed["cc_metric"], seed=config["seed"])
-    strategy = make_strategy(fed["strategy"], **options)
-    models = {name: new_model() for name in train}
+        clients = {name: Client(name, d, new_model(), **client_options) for name, d in train.items()}
     global_model = new_model()
-    current = global_model.arrays()
-    tables = {name: knn_table(d.descriptors) for name, d in train.items()}
-    rounds = []
-    for r in range(fed["rounds"]):
-        t = time.perf_counter()
-        updates, excluded, losses = [], {}, {}
-        global_head = {k.removeprefix("head."): v for k, v in current.items() if k.startswith("head.")}
-        for name, model in models.items():
-            model.load_arrays(current)
-            anchor = {k: v.to(model.device) for k, v in global_head.items()}
-            try:
-                losses[name] = model.train_steps(train[name], tables[name], tcfg["local_steps"], tcfg["batch_size"],
-                                                 generator, penalty=lambda p: strategy.client_penalty(p, anchor))
-                update = Update(name, model.arrays(), train[name].features.shape[0])
-                reason = check_update(update, current)
-            except Exception as e:  # a failing site drops out of this round, the run goes on
-                reason = f"{name}: failed with {type(e).__name__}: {e}"
-            if reason:
-                excluded[name] = reason
-                print(f"round {r + 1}: left out {reason}", file=sys.stderr)
-            else:
-                updates.append(update)
-        if len(updates) < fed["min_clients"]:
-            raise RuntimeError(f"round {r + 1}: only {len(updates)} usable client updates, fewer than "
-                               f"fed.min_clients={fed['min_clients']}: {excluded}")
-        current = strategy.aggregate(r + 1, updates, current)
-        global_model.load_arrays(current)
-        size = sum(v.numel() * v.element_size() for v in current.values())
-        clients = {name: _scores(global_model.confusion(d, K)) for name, d in train.items()}
-        global_scores = _scores(global_model.confusion(shared, K))
-        rounds.append({"round": r + 1, "global": global_scores, "clients": clients,
-                       "loss": {name: sum(v) / len(v) for name, v in losses.items() if v},
-                       "excluded": excluded,
-                       "bytes": {name: {"down": size, "up": size if name not in excluded else 0} for name in models},
-                       "seconds": time.perf_counter() - t})
-        print(f"round {r + 1}/{fed['rounds']}: global mIoU {global_scores['miou']:.1f} "
-              f"acc {global_scores['acc']:.1f}", file=sys.stderr)
-    return rounds
+    strategy = strategy_from_config(config, global_model.arrays())
+
+    def after_round(federation):
+        _write(config, out_dir, device, shared, K, federation.history, t0, t_features)
+
+    try:
+        federation = Federation(clients, strategy, global_model, sites=train, shared=shared, num_classes=K,
+                                rounds=fed["rounds"], generator=torch.Generator().manual_seed(seed),
+                                min_clients=fed["min_clients"], clients_per_round=fed["clients_per_round"],
+                                fraction=fed["fraction"], checkpoint_dir=out_dir / "checkpoint",
+                                meta={"config": config}, after_round=after_round)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if resume:
+        done = len(federation.resume()["history"])
+        print(f"resuming {out_dir} after round {done}/{fed['rounds']}", file=sys.stderr)
+    try:
+        history = federation.run()
+    except KeyboardInterrupt:
+        done = len(federation.history)
+        print(f"\ninterrupted; {out_dir}/checkpoint holds round {done}. Continue with: "
+              f"fussfast run CONFIG --resume {out_dir}", file=sys.stderr)
+        raise
+    _save_outputs(federation, evaluation, out_dir)
+    return _write(config, out_dir, device, shared, K, history, t0, t_features)
+
+
+def strategy_from_config(config: dict, arrays: dict) -> Strategy:
+    """The ``fed`` table's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names."""
+    fed = config["fed"]
+    name = fed["strategy"]
+    if name in ("centralized", "local"):
+        if fed["local_params"]:
+            raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {name!r}")
+        return make_strategy("local")
+    options = {"weighted": fed["weighted"], "local_params": tuple(fed["local_params"])}
+    if name == "fedprox":
+        options.update(mu=fed["mu"], scope=fed["prox_scope"])
+    elif name == "moon":
+        options.update(mu=fed["moon_mu"], tau=fed["moon_tau"])
+    elif name.startswith("fedcc"):
+        options.update(metric=fed["cc_metric"], seed=config["seed"])
+    strategy = make_strategy(name, **options)
+    for group in strategy.local_params:
+        if not any(strategy.is_local(k) and (k == group or k.startswith(group + ".")) for k in arrays):
+            heads = sorted({".".join(k.split(".")[:2]) for k in arrays if k.startswith("head.")})
+            raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; "
+                              f"choose from 'centroids', 'head' or a head module {heads}")
+    return strategy
+
+
+def _check_resumable(config: dict, checkpoint: Path) -> None:
+    state_file = checkpoint / "state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {state_file}")
+    saved = json.loads(state_file.read_text())["config"]
+    # fed.rounds may grow (train on), and the cache may move; anything else would change the run
+    differ = [k for k in _flat(config) if k not in ("fed.rounds", "cache_dir") and
+              _flat(config)[k] != _flat(saved).get(k)]
+    if differ:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _save_outputs(federation: Federation, evaluation, out_dir: Path, num_samples: int = 4) -> None:
+    """``model.safetensors``: the scored models' arrays as ``<model>/<array>``;
+    ``samples.safetensors``: the first shared images (uint8), ground truth and the first scored
+    model's predictions mapped to classes by the Hungarian matching (-1: unmatched cluster)."""
+    models = federation.models()
+    save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
+              str(out_dir / "model.safetensors"))
+    model, shared = next(iter(models.values())), federation.shared
+    n = min(num_samples, shared.features.shape[0])
+    masks = shared.masks[:n]
+    pred = model.predict(shared.features[:n], shared.flipped[:n] if shared.flipped is not None else None,
+                         masks.shape[-2:]).cpu()
+    assignment = torch.tensor(hungarian_scores(model.confusion(shared, federation.num_classes)).assignment)
+    images = torch.stack([evaluation[i][0] for i in range(n)])
+    images = (images * torch.from_numpy(IMAGENET_STD) + torch.from_numpy(IMAGENET_MEAN)).clamp(0, 1)
+    save_file({"image": (images * 255).round().to(torch.uint8), "mask": masks, "pred": assignment[pred],
+               "assignment": assignment},
+              str(out_dir / "samples.safetensors"))
 
 
 def _write(config, out_dir, device, shared, K, rounds, t0, t_features) -> dict:
@@ -200,7 +223,8 @@ def _write(config, out_dir, device, shared, K, rounds, t0, t_features) -> dict:
         "device": str(device),
         "baseline": {"majority": majority_baseline(shared, K)},
         "rounds": rounds,
-        "final": {"global": rounds[-1]["global"], "clients": rounds[-1]["clients"]},
+        "completed_rounds": len(rounds),
+        "final": {"global": rounds[-1]["global"], "clients": rounds[-1]["clients"]} if rounds else None,
         "timings": {"features_s": t_features, "total_s": time.perf_counter() - t0},
     }
     tmp = out_dir / "metrics.json.tmp"

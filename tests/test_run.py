@@ -125,16 +125,16 @@ def test_federated_strategies_run(tmp_path, strategy):
 
 
 def test_nan_update_is_left_out(tmp_path, monkeypatch):
-    import fussfast.run as run_module
+    import fussfast.fed.client as client_module
 
-    real = run_module.Update
+    real = client_module.Update
 
-    def poisoned(name, arrays, num_samples):
+    def poisoned(name, arrays, num_samples, metrics):
         if name == "site0":
             arrays = {**arrays, "centroids": arrays["centroids"] * float("nan")}
-        return real(name, arrays, num_samples)
+        return real(name, arrays, num_samples, metrics)
 
-    monkeypatch.setattr(run_module, "Update", poisoned)
+    monkeypatch.setattr(client_module, "Update", poisoned)
     config = load_config(None, SMALL + ["fed.strategy=\"fedcc-kmeans\"", "fed.rounds=1", "train.local_steps=5",
                                         f"cache_dir=\"{tmp_path / 'c'}\""])
     metrics = run(config, tmp_path)

@@ -34,8 +34,9 @@ def test_local_parameter_groups_are_not_averaged():
 
 
 def test_fedprox_term():
-    params = {"lin.weight": torch.tensor([1.0, 2.0]), "mlp.0.weight": torch.tensor([3.0]), "centroids": torch.ones(1)}
-    global_params = {"lin.weight": torch.tensor([0.0, 0.0]), "mlp.0.weight": torch.tensor([1.0]),
+    params = {"head.lin.weight": torch.tensor([1.0, 2.0]), "head.mlp.0.weight": torch.tensor([3.0]),
+              "centroids": torch.ones(1)}
+    global_params = {"head.lin.weight": torch.tensor([0.0, 0.0]), "head.mlp.0.weight": torch.tensor([1.0]),
                      "centroids": torch.zeros(1)}
     assert float(FedProx(mu=0.5).client_penalty(params, global_params)) == pytest.approx(0.25 * (1 + 4 + 4))
     assert float(FedProx(mu=0.5, scope="mlp").client_penalty(params, global_params)) == pytest.approx(0.25 * 4)

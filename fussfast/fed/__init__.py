@@ -1,5 +1,7 @@
-"""Federation: client updates and server strategies (the round loop and Flower adapter follow)."""
+"""Federation: clients, server strategies, the in-process round loop and its checkpoints."""
 
-from fussfast.fed.strategy import FedAvg, FedCC, FedProx, Strategy, Update, check_update, make_strategy
+from fussfast.fed.strategy import (STRATEGIES, FedAvg, FedCC, FedProx, Local, Moon, Strategy, Update, check_update,
+                                   make_strategy)
 
-__all__ = ["FedAvg", "FedCC", "FedProx", "Strategy", "Update", "check_update", "make_strategy"]
+__all__ = ["STRATEGIES", "FedAvg", "FedCC", "FedProx", "Local", "Moon", "Strategy", "Update", "check_update",
+           "make_strategy"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
 
 CENTROIDS = "centroids"
@@ -29,7 +30,8 @@ class Update:
 
 def check_update(update: Update, current: dict[str, torch.Tensor]) -> str | None:
     """Why an update must be left out of the round (missing or extra arrays, wrong shapes,
-    NaN/Inf, no samples), or None if it is usable."""
+    NaN/Inf, no samples), or None if it is usable. ``current``: the global arrays the update
+    must match (the shared ones)."""
     if update.num_samples <= 0:
         return f"{update.client}: no samples"
     missing, extra = current.keys() - update.arrays.keys(), update.arrays.keys() - current.keys()
@@ -48,6 +50,7 @@ class Strategy:
     how the centroids are combined, or add a client-side term."""
 
     name = "fedavg"
+    code_terms = False  # whether client_contrast adds a term (clients then keep their previous head)
 
     def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = ()):
         self.weighted, self.local_params = weighted, tuple(local_params)
@@ -79,13 +82,52 @@ class Strategy:
         w = self.weights(updates)
         return (w.view(-1, 1, 1) * torch.stack([c.double() for c in centroids])).sum(0)
 
+    def shared(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The arrays that travel between server and clients."""
+        return {k: v for k, v in arrays.items() if not self.is_local(k)}
+
     def client_penalty(self, params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Extra local loss term (none for FedAvg)."""
+        """Extra local loss term on the head's parameters (names as in the arrays: ``head.…``);
+        none for FedAvg."""
         return torch.zeros(())
+
+    def client_contrast(self, code, code_global, code_previous) -> torch.Tensor | None:
+        """Extra local loss term on the codes (MOON); None: the strategy has none."""
+        return None
 
 
 class FedAvg(Strategy):
     name = "fedavg"
+
+
+class Local(Strategy):
+    """No server: every array stays on its client (the ``local`` and ``centralized`` baselines)."""
+
+    name = "local"
+
+    def __init__(self, **kwargs):
+        kwargs.pop("local_params", None)
+        super().__init__(local_params=("head", CENTROIDS), **kwargs)
+
+    def aggregate(self, round, updates, current):
+        return dict(current)
+
+
+class Moon(Strategy):
+    """FedAvg aggregation plus MOON's model-contrastive client term on the per-pixel codes,
+    ``mu * moon_contrast(z, z_global, z_previous, tau)`` (MOON: tau 0.5, mu 1 to 5)."""
+
+    name = "moon"
+    code_terms = True
+
+    def __init__(self, *, mu: float = 1.0, tau: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        if not math.isfinite(mu) or mu < 0 or not math.isfinite(tau) or tau <= 0:
+            raise ValueError(f"moon: mu must be >= 0 and tau > 0, got mu={mu!r}, tau={tau!r}")
+        self.mu, self.tau = mu, tau
+
+    def client_contrast(self, code, code_global, code_previous):
+        return self.mu * moon_contrast(code, code_global, code_previous, self.tau)
 
 
 class FedProx(Strategy):
@@ -141,12 +183,13 @@ class FedCC(Strategy):
         return kmeans(pooled, K, weights=weights, metric=self.metric, n_init=10, seed=self.seed).centroids
 
 
+STRATEGIES = ("local", "fedavg", "fedprox", "moon", "fedcc-kmeans", "fedcc-maximin")
+
+
 def make_strategy(name: str, **options) -> Strategy:
-    """``fedavg``, ``fedprox``, ``fedcc-kmeans`` or ``fedcc-maximin`` with its options."""
-    if name == "fedavg":
-        return FedAvg(**options)
-    if name == "fedprox":
-        return FedProx(**options)
+    """One of ``STRATEGIES`` with its options."""
+    if name in ("local", "fedavg", "fedprox", "moon"):
+        return {"local": Local, "fedavg": FedAvg, "fedprox": FedProx, "moon": Moon}[name](**options)
     if name in ("fedcc-kmeans", "fedcc-maximin"):
         return FedCC(method=name.removeprefix("fedcc-"), **options)
-    raise ValueError(f"unknown strategy {name!r}; choose fedavg, fedprox, fedcc-kmeans or fedcc-maximin")
+    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")

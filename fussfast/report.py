@@ -1,0 +1,216 @@
+"""An offline HTML report comparing runs: mIoU per round (global and per site), the final
+table, pairwise centroid-distance heatmaps (prototype collapse), sample predictions and
+communication. One self-contained file: inline SVG charts and base64 PNG images, no scripts
+and nothing fetched."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+
+
+def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fussfast report") -> Path:
+    """``runs``: label → run directory (as written by ``fussfast run``)."""
+    loaded = {label: _load(Path(d)) for label, d in runs.items()}
+    first = next(iter(loaded.values()))["metrics"]
+    parts = [f"<h1>{html.escape(title)}</h1>", _setup(first), "<h2>Final results</h2>", _final_table(loaded),
+             "<h2>mIoU per round</h2>", _round_charts(loaded),
+             "<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded),
+             "<h2>Sample predictions</h2>", _samples(loaded),
+             "<h2>Communication per round</h2>", _communication(loaded)]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path = Path(path)
+    path.write_text(page)
+    return path
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0}figcaption{font-size:.85em;text-align:center}img{image-rendering:pixelated}
+.note{color:#555;font-size:.9em}"""
+
+
+def _load(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = {"metrics": metrics, "model": None, "samples": None}
+    if (run_dir / "model.safetensors").is_file():
+        out["model"] = load_file(str(run_dir / "model.safetensors"))
+    if (run_dir / "samples.safetensors").is_file():
+        out["samples"] = load_file(str(run_dir / "samples.safetensors"))
+    return out
+
+
+def _setup(m: dict) -> str:
+    c = m["config"]
+    d, f, t = c["data"], c["fed"], c["train"]
+    return (f"<p class='note'>Data: {d['kind']}, {d['sites']} sites × {d['images_per_site']} images at "
+            f"{d['image_size']}px, {d['num_classes']} classes, label skew α={d['alpha']}; shared evaluation set "
+            f"of {d['eval_images']} images. Backbone {html.escape(c['model']['backbone'])} "
+            f"({c['model']['weights']} weights, {c['model']['precision']}). {f['rounds']} rounds × "
+            f"{t['local_steps']} local steps, backend {t['backend']}, device {m['device']}, seed {c['seed']}. "
+            f"Majority-class baseline mIoU {m['baseline']['majority']['miou']:.1f}. Scores are unsupervised "
+            f"(clusters matched to classes by the Hungarian method).</p>")
+
+
+def _final_table(runs: dict) -> str:
+    sites = list(next(iter(runs.values()))["metrics"]["rounds"][-1]["clients"])
+    head = "".join(f"<th>{html.escape(s)} mIoU</th>" for s in sites)
+    rows = [f"<tr><th>strategy</th><th>global mIoU</th><th>global acc</th>{head}<th>MB sent</th>"
+            f"<th>wall s</th></tr>"]
+    for label, r in runs.items():
+        m = r["metrics"]
+        g, clients = m["rounds"][-1]["global"], m["rounds"][-1]["clients"]
+        mb = sum(b["up"] + b["down"] for rd in m["rounds"] for b in rd.get("bytes", {}).values()) / 1e6
+        cells = "".join(f"<td>{clients[s]['miou']:.1f}</td>" if s in clients else "<td>-</td>" for s in sites)
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{g['miou']:.1f}</td><td>{g['acc']:.1f}</td>{cells}"
+                    f"<td>{mb:.2f}</td><td>{m['timings']['total_s']:.0f}</td></tr>")
+    return ("<table>" + "".join(rows) + "</table><p class='note'>Global: the global model on the shared set "
+            "(for local and personalized runs, the mean over the sites' own models). Per site: the same model on "
+            "that site's training images.</p>")
+
+
+def _round_charts(runs: dict) -> str:
+    def series(key, site=None):
+        out = {}
+        for label, r in runs.items():
+            rounds = r["metrics"]["rounds"]
+            out[label] = [(rd["clients"][site] if site else rd["global"])[key] for rd in rounds
+                          if site is None or site in rd["clients"]]
+        return out
+
+    sites = list(next(iter(runs.values()))["metrics"]["rounds"][-1]["clients"])
+    charts = [line_chart(series("miou"), "global mIoU")]
+    charts += [line_chart(series("miou", s), f"{s} mIoU") for s in sites]
+    return f"<div class='row'>{''.join(charts)}</div>"
+
+
+def line_chart(series: dict[str, list[float]], title: str, ylabel: str = "", ymax: float | None = 100.0,
+               width: int = 340, height: int = 230) -> str:
+    """An SVG line chart of values per round, one line per series."""
+    left, right, top, bottom = 40, 10, 24, 30
+    n = max((len(v) for v in series.values()), default=1)
+    top_value = ymax or max((max(v) for v in series.values() if v), default=1.0) or 1.0
+    px = lambda i: left + (width - left - right) * (i / max(n - 1, 1))  # noqa: E731
+    py = lambda v: top + (height - top - bottom) * (1 - v / top_value)  # noqa: E731
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 18 * len(series)}' "
+           f"font-size='11'><text x='{width / 2}' y='14' text-anchor='middle' font-weight='bold'>"
+           f"{html.escape(title)}</text>"]
+    for k in range(5):
+        v = top_value * k / 4
+        out.append(f"<line x1='{left}' x2='{width - right}' y1='{py(v):.1f}' y2='{py(v):.1f}' stroke='#eee'/>"
+                   f"<text x='{left - 4}' y='{py(v) + 4:.1f}' text-anchor='end'>{v:.0f}</text>")
+    for i in range(n):
+        out.append(f"<text x='{px(i):.1f}' y='{height - bottom + 14}' text-anchor='middle'>{i + 1}</text>")
+    out.append(f"<text x='{(left + width) / 2}' y='{height - 4}' text-anchor='middle'>round</text>")
+    for j, (label, values) in enumerate(series.items()):
+        color = COLORS[j % len(COLORS)]
+        points = " ".join(f"{px(i):.1f},{py(v):.1f}" for i, v in enumerate(values) if np.isfinite(v))
+        out.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{points}'/>")
+        out += [f"<circle cx='{px(i):.1f}' cy='{py(v):.1f}' r='2.5' fill='{color}'/>"
+                for i, v in enumerate(values) if np.isfinite(v)]
+        y = height + 14 * j + 6
+        out.append(f"<rect x='{left}' y='{y}' width='12' height='4' fill='{color}'/>"
+                   f"<text x='{left + 16}' y='{y + 5}'>{html.escape(label)}</text>")
+    return "".join(out) + "</svg>"
+
+
+def centroid_distances(centroids: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
+    """Pairwise cosine distances ``1 - cos`` of the centroids (the probe assigns by cosine), rows
+    in ``order``."""
+    c = torch.nn.functional.normalize(centroids.double(), dim=1)
+    if order is not None:
+        c = c[order]
+    return (1 - c @ c.T).clamp(min=0)
+
+
+def _heatmaps(runs: dict) -> str:
+    figures = []
+    for label, r in runs.items():
+        if r["model"] is None:
+            continue
+        owner = "global" if "global/centroids" in r["model"] else next(iter(r["model"])).split("/")[0]
+        centroids = r["model"][f"{owner}/centroids"]
+        order = None
+        if r["samples"] is not None and "assignment" in r["samples"]:  # rows by the class each cluster matched
+            order = sorted(range(len(centroids)), key=lambda k: (int(r["samples"]["assignment"][k]) < 0,
+                                                                 int(r["samples"]["assignment"][k])))
+        dist = centroid_distances(centroids, order)
+        off = dist[~torch.eye(len(dist), dtype=torch.bool)]
+        caption = (f"{html.escape(label)} ({owner}): min {off.min():.2f}, median {off.median():.2f}"
+                   if off.numel() else html.escape(label))
+        figures.append(f"<figure>{heatmap(dist.numpy(), vmax=2.0)}<figcaption>{caption}</figcaption></figure>")
+    return (f"<div class='row'>{''.join(figures)}</div><p class='note'>Cosine distance 1 − cos between every pair "
+            "of the scored model's centroids, rows ordered by the class each centroid is matched to (white 0, dark "
+            "2). Collapsed prototypes show as light off-diagonal cells and a small minimum: FedAvg's index-wise "
+            "average can merge centroids that mean different classes on different sites; FedCC re-clusters the "
+            "pooled centroids instead.</p>")
+
+
+def heatmap(matrix: np.ndarray, vmax: float, cell: int = 16) -> str:
+    k = matrix.shape[0]
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{k * cell}' height='{k * cell}'>"]
+    for i in range(k):
+        for j in range(k):
+            shade = int(255 * (1 - min(float(matrix[i, j]) / vmax, 1.0)))
+            out.append(f"<rect x='{j * cell}' y='{i * cell}' width='{cell}' height='{cell}' "
+                       f"fill='rgb({shade},{shade},{min(255, shade + 40)})'><title>{matrix[i, j]:.3f}</title></rect>")
+    return "".join(out) + "</svg>"
+
+
+def _palette(num_classes: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    colors = rng.integers(40, 256, (max(num_classes, 1), 3)).astype(np.uint8)
+    return np.concatenate([colors, np.zeros((1, 3), np.uint8)])  # last: ignore / unmatched (black)
+
+
+def _png(array: np.ndarray, scale: int = 2) -> str:
+    from PIL import Image
+
+    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'/>"
+
+
+def _samples(runs: dict) -> str:
+    with_samples = {label: r["samples"] for label, r in runs.items() if r["samples"] is not None}
+    if not with_samples:
+        return "<p>No samples saved.</p>"
+    first = next(iter(with_samples.values()))
+    K = next(iter(runs.values()))["metrics"]["config"]["data"]["num_classes"]
+    palette = _palette(K)
+    colorize = lambda m: palette[np.where((m >= 0) & (m < K), m, K)]  # noqa: E731
+    header = "<tr><th>image</th><th>ground truth</th>" + "".join(
+        f"<th>{html.escape(label)}</th>" for label in with_samples) + "</tr>"
+    rows = []
+    for i in range(first["image"].shape[0]):
+        cells = [_png(first["image"][i].permute(1, 2, 0).numpy()), _png(colorize(first["mask"][i].numpy()))]
+        cells += [_png(colorize(s["pred"][i].numpy())) for s in with_samples.values()]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ("<table>" + header + "".join(rows) + "</table><p class='note'>Predicted clusters are coloured by the "
+            "class the Hungarian matching assigns them on the shared set; black: unlabelled or unmatched.</p>")
+
+
+def _communication(runs: dict) -> str:
+    n = max(len(r["metrics"]["rounds"]) for r in runs.values())
+    head = "".join(f"<th>round {i + 1}</th>" for i in range(n))
+    rows = [f"<tr><th>strategy (MB up / down, all clients)</th>{head}</tr>"]
+    for label, r in runs.items():
+        cells = []
+        for rd in r["metrics"]["rounds"]:
+            b = rd.get("bytes", {}).values()
+            cells.append(f"<td>{sum(x['up'] for x in b) / 1e6:.2f} / {sum(x['down'] for x in b) / 1e6:.2f}</td>")
+        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
+    return ("<table>" + "".join(rows) + "</table><p class='note'>Only the head and the centroids travel; the "
+            "backbone never does. Local training sends nothing.</p>")
