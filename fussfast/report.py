@@ -43,9 +43,7 @@ figure{margin:0}figcaption{font-size:.85em;text-align:center}img{image-rendering
 
 def _load(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    out = {"metrics": metrics, "model": None, "samples": None}
-    if (run_dir / "model.safetensors").is_file():
-        out["model"] = load_file(str(run_dir / "model.safetensors"))
+    out = {"metrics": metrics, "samples": None}
     if (run_dir / "samples.safetensors").is_file():
         out["samples"] = load_file(str(run_dir / "samples.safetensors"))
     return out
@@ -125,36 +123,26 @@ def line_chart(series: dict[str, list[float]], title: str, ylabel: str = "", yma
     return "".join(out) + "</svg>"
 
 
-def centroid_distances(centroids: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
-    """Pairwise cosine distances ``1 - cos`` of the centroids (the probe assigns by cosine), rows
-    in ``order``."""
-    c = torch.nn.functional.normalize(centroids.double(), dim=1)
-    if order is not None:
-        c = c[order]
-    return (1 - c @ c.T).clamp(min=0)
-
-
 def _heatmaps(runs: dict) -> str:
     figures = []
     for label, r in runs.items():
-        if r["model"] is None:
+        samples = r["samples"]
+        if samples is None or "centroid_distance" not in samples:
             continue
-        owner = "global" if "global/centroids" in r["model"] else next(iter(r["model"])).split("/")[0]
-        centroids = r["model"][f"{owner}/centroids"]
-        order = None
-        if r["samples"] is not None and "assignment" in r["samples"]:  # rows by the class each cluster matched
-            order = sorted(range(len(centroids)), key=lambda k: (int(r["samples"]["assignment"][k]) < 0,
-                                                                 int(r["samples"]["assignment"][k])))
-        dist = centroid_distances(centroids, order)
+        assignment = samples["assignment"].tolist()
+        # rows by the class each centroid is matched to, unmatched last
+        order = sorted(range(len(assignment)), key=lambda k: (assignment[k] < 0, assignment[k]))
+        dist = samples["centroid_distance"][order][:, order].double()
         off = dist[~torch.eye(len(dist), dtype=torch.bool)]
-        caption = (f"{html.escape(label)} ({owner}): min {off.min():.2f}, median {off.median():.2f}"
-                   if off.numel() else html.escape(label))
+        idle = int((samples["usage"] == 0).sum())
+        caption = f"{html.escape(label)}: closest pair {off.min():.2f}, {idle} of {len(dist)} centroids win no pixel"
         figures.append(f"<figure>{heatmap(dist.numpy(), vmax=2.0)}<figcaption>{caption}</figcaption></figure>")
-    return (f"<div class='row'>{''.join(figures)}</div><p class='note'>Cosine distance 1 − cos between every pair "
-            "of the scored model's centroids, rows ordered by the class each centroid is matched to (white 0, dark "
-            "2). Collapsed prototypes show as light off-diagonal cells and a small minimum: FedAvg's index-wise "
-            "average can merge centroids that mean different classes on different sites; FedCC re-clusters the "
-            "pooled centroids instead.</p>")
+    return (f"<div class='row'>{''.join(figures)}</div><p class='note'>Distance between every pair of the scored "
+            "model's centroids as the shared set sees them: 1 − the correlation of their cosine responses over the "
+            "pixels (white 0: the two respond alike, dark 2: opposite). Rows follow the class each centroid is "
+            "matched to. Collapsed prototypes show as light off-diagonal cells, a small closest-pair distance and "
+            "centroids that win no pixel: FedAvg's index-wise average can merge centroids that mean different "
+            "classes on different sites; FedCC re-clusters the pooled centroids instead.</p>")
 
 
 def heatmap(matrix: np.ndarray, vmax: float, cell: int = 16) -> str:

@@ -199,7 +199,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _save_outputs(federation: Federation, evaluation, out_dir: Path, num_samples: int = 4) -> None:
     """``model.safetensors``: the scored models' arrays as ``<model>/<array>``;
     ``samples.safetensors``: the first shared images (uint8), ground truth and the first scored
-    model's predictions mapped to classes by the Hungarian matching (-1: unmatched cluster)."""
+    model's predictions mapped to classes by the Hungarian matching (-1: unmatched cluster),
+    with that model's ``centroid_response``."""
     models = federation.models()
     save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
               str(out_dir / "model.safetensors"))
@@ -211,9 +212,25 @@ def _save_outputs(federation: Federation, evaluation, out_dir: Path, num_samples
     assignment = torch.tensor(hungarian_scores(model.confusion(shared, federation.num_classes)).assignment)
     images = torch.stack([evaluation[i][0] for i in range(n)])
     images = (images * torch.from_numpy(IMAGENET_STD) + torch.from_numpy(IMAGENET_MEAN)).clamp(0, 1)
+    distance, usage = centroid_response(model, shared.features[:64])
     save_file({"image": (images * 255).round().to(torch.uint8), "mask": masks, "pred": assignment[pred],
-               "assignment": assignment},
+               "assignment": assignment, "centroid_distance": distance, "usage": usage},
               str(out_dir / "samples.safetensors"))
+
+
+@torch.no_grad()
+def centroid_response(model: SiteModel, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How distinct the centroids are to the data: ``1 - corr`` of two centroids' cosine
+    responses over the pixels of ``features`` (0: they respond alike, collapsed prototypes), and
+    how many pixels each centroid wins."""
+    model.head.eval()
+    code = model.head(features.to(model.device)).double()
+    z = torch.nn.functional.normalize(code.permute(0, 2, 3, 1).reshape(-1, code.shape[1]), dim=1)
+    sim = z @ torch.nn.functional.normalize(model.probe.clusters.double(), dim=1).T
+    usage = torch.bincount(sim.argmax(1), minlength=sim.shape[1])
+    r = (sim - sim.mean(0)) / sim.std(0).clamp(min=1e-12)
+    corr = (r.T @ r) / max(r.shape[0] - 1, 1)
+    return (1 - corr).clamp(min=0).float().cpu(), usage.cpu()
 
 
 def _write(config, out_dir, device, shared, K, rounds, t0, t_features) -> dict:

@@ -117,3 +117,36 @@ def test_cluster_probe(device):
     torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(2, 7, 8, device=device))
     with pytest.raises(ValueError, match="needs an alpha"):
         probe(codes, log_probs=True)
+
+
+def test_moon_contrast_against_the_formula():
+    from fussfast.losses import moon_contrast
+
+    g = torch.Generator().manual_seed(3)
+    z, zg, zp = (torch.randn(2, 5, 3, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    cos = lambda a, b: (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # noqa: E731
+    pos, neg = torch.exp(cos(z, zg) / 0.3), torch.exp(cos(z, zp) / 0.3)
+    want = (-torch.log(pos / (pos + neg))).mean()
+    torch.testing.assert_close(moon_contrast(z, zg, zp, tau=0.3), want)
+    # same global and previous model: a constant log 2 with no gradient (MOON's first round)
+    z.requires_grad_(True)
+    loss = moon_contrast(z, zg, zg.clone())
+    torch.testing.assert_close(loss.detach(), torch.tensor(2.0, dtype=torch.float64).log())
+    loss.backward()
+    assert z.grad.abs().max() < 1e-12
+    assert torch.autograd.gradcheck(lambda x: moon_contrast(x, zg, zp), (z.detach().requires_grad_(),))
+
+
+def test_code_distill():
+    from fussfast.losses import code_distill
+
+    g = torch.Generator().manual_seed(4)
+    z, t = (torch.randn(2, 6, 4, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    assert float(code_distill(t, t)) == pytest.approx(0.0, abs=1e-12)
+    assert float(code_distill(t, t, "kl")) == pytest.approx(0.0, abs=1e-12)
+    p, q = torch.softmax(t, 1), torch.softmax(z, 1)
+    torch.testing.assert_close(code_distill(z, t, "kl"), (p * (p / q).log()).sum(1).mean())
+    cos = (z * t).sum(1) / (z.norm(dim=1) * t.norm(dim=1))
+    torch.testing.assert_close(code_distill(z, t), (1 - cos).mean())
+    with pytest.raises(ValueError, match="kind must be"):
+        code_distill(z, t, "l2")

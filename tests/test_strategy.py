@@ -95,3 +95,19 @@ def test_check_update_rejects_bad_uploads():
         FedAvg().aggregate(3, [], CURRENT)
     with pytest.raises(ValueError, match="unknown strategy"):
         make_strategy("fedsgd")
+
+
+def test_local_keeps_everything_and_moon_options():
+    from fussfast.fed import Local, Moon
+
+    out = Local().aggregate(1, [A, B], CURRENT)
+    assert all(torch.equal(out[k], CURRENT[k]) for k in CURRENT) and Local().shared(CURRENT) == {}
+    out = Moon(mu=2.0).aggregate(1, [A, B], CURRENT)  # FedAvg aggregation
+    assert out["head.lin.weight"].tolist() == [4.0, 5.0]
+    z = torch.randn(1, 3, 2, 2)
+    assert float(Moon(mu=2.0).client_contrast(z, z, -z)) < float(Moon(mu=2.0).client_contrast(z, -z, z))
+    assert FedAvg().client_contrast(z, z, z) is None
+    with pytest.raises(ValueError, match="tau > 0"):
+        Moon(tau=0)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        make_strategy("scaffold")

@@ -1,0 +1,198 @@
+"""The round loop through ``fussfast run``: sampling, MOON, personalization, distillation,
+checkpoints, resume and Ctrl-C; the demo and its report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fussfast.config import ConfigError, load_config
+from fussfast.fed.checkpoint import flatten, load_checkpoint, unflatten
+from fussfast.run import run
+
+TINY = ["data.sites=3", "data.images_per_site=10", "data.eval_images=6", "data.image_size=32",
+        "data.eval_size=32", "train.local_steps=4", "train.batch_size=4", "fed.rounds=2", "model.precision=\"fp32\""]
+
+
+def tiny(tmp_path, *extra):
+    return load_config(None, TINY + [f"cache_dir=\"{tmp_path.parent / 'shared-cache'}\"", *extra])
+
+
+def comparable(metrics):
+    """Everything but wall times."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["rounds"]]
+
+
+def test_client_sampling_by_count_and_fraction(tmp_path):
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.clients_per_round=2", "fed.rounds=3"), tmp_path / "a")
+    for r in metrics["rounds"]:
+        assert len(r["sampled"]) == 2
+        left_out = set(r["clients"]) - set(r["sampled"])
+        assert [r["bytes"][n] for n in left_out] == [{"down": 0, "up": 0}]
+        assert set(r["loss"]) == set(r["sampled"])
+    assert len({tuple(r["sampled"]) for r in metrics["rounds"]}) >= 1
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.fraction=0.34", "fed.rounds=1"), tmp_path / "b")
+    assert len(metrics["rounds"][0]["sampled"]) == 2  # ceil(0.34 * 3)
+    with pytest.raises(ConfigError, match="clients_per_round=4 but the federation has 3 clients"):
+        run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.clients_per_round=4"), tmp_path / "c")
+    with pytest.raises(ConfigError, match="min_clients=2 exceeds the 1 clients sampled"):
+        run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.clients_per_round=1", "fed.min_clients=2"), tmp_path / "d")
+
+
+def test_sampling_uses_every_client_over_rounds(tmp_path):
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.clients_per_round=1", "fed.rounds=6",
+                       "train.local_steps=1"), tmp_path)
+    picked = [r["sampled"][0] for r in metrics["rounds"]]
+    assert len(set(picked)) >= 2, picked  # a fixed pick would mean the sampling is not random
+
+
+def test_moon_runs_and_differs_from_fedavg(tmp_path):
+    fedavg = run(tiny(tmp_path, "fed.strategy=\"fedavg\""), tmp_path / "fedavg")
+    moon = run(tiny(tmp_path, "fed.strategy=\"moon\"", "fed.moon_mu=5.0"), tmp_path / "moon")
+    # round 1: the previous local model is the global one, so the MOON term has no gradient
+    assert moon["rounds"][0]["loss"] == fedavg["rounds"][0]["loss"]
+    assert moon["rounds"][1]["loss"] != fedavg["rounds"][1]["loss"]
+    tensors, state = load_checkpoint(tmp_path / "moon" / "checkpoint")
+    assert all(c["previous"] for c in state["clients"].values())
+    assert "client/site0/previous/lin.weight" in tensors
+
+
+def test_personalized_centroids_stay_local(tmp_path):
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["centroids"]'), tmp_path)
+    tensors, _ = load_checkpoint(tmp_path / "checkpoint")
+    own = [tensors[f"client/site{i}/model/centroids"] for i in range(3)]
+    assert not torch.equal(own[0], own[1]) and not torch.equal(own[1], own[2])
+    heads = [tensors[f"client/site{i}/model/head.lin.weight"] for i in range(3)]
+    torch.testing.assert_close(heads[0], tensors["global/head.lin.weight"])  # scored with the global head
+    torch.testing.assert_close(heads[1], heads[0])
+    centroid_bytes = own[0].numel() * 4
+    full = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=1"), tmp_path / "full")
+    assert metrics["rounds"][0]["bytes"]["site0"]["up"] == full["rounds"][0]["bytes"]["site0"]["up"] - centroid_bytes
+    model = load_file(str(tmp_path / "model.safetensors"))
+    assert {k.split("/")[0] for k in model} == {"site0", "site1", "site2"}
+
+
+def test_personalized_head_module_and_distillation(tmp_path):
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["head.lin"]', "fed.distill_weight=1.0",
+                       "fed.distill=\"kl\""), tmp_path)
+    tensors, _ = load_checkpoint(tmp_path / "checkpoint")
+    assert not torch.equal(tensors["client/site0/model/head.lin.weight"], tensors["client/site1/model/head.lin.weight"])
+    torch.testing.assert_close(tensors["client/site0/model/head.mlp.0.weight"],
+                               tensors["client/site1/model/head.mlp.0.weight"])
+    plain = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["head.lin"]'), tmp_path / "plain")
+    assert metrics["rounds"][0]["loss"] != plain["rounds"][0]["loss"]  # the distillation term is in the loss
+
+
+def test_local_params_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'head.nope' names no parameters"):
+        run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["head.nope"]'), tmp_path)
+    with pytest.raises(ConfigError, match="applies to federated strategies"):
+        run(tiny(tmp_path, "fed.strategy=\"local\"", 'fed.local_params=["centroids"]'), tmp_path)
+    with pytest.raises(ConfigError, match="must be a list of strings"):
+        load_config(None, ["fed.local_params=[1]"])
+    with pytest.raises(ConfigError, match="'fed.fraction' must be in"):
+        load_config(None, ["fed.fraction=0"])
+    with pytest.raises(ConfigError, match="'fed.moon_tau' must be > 0"):
+        load_config(None, ["fed.moon_tau=0"])
+    with pytest.raises(ConfigError, match="'fed.distill' must be one of"):
+        load_config(None, ["fed.distill=\"l2\""])
+
+
+def test_checkpoint_skeleton_round_trip():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.randn(3, 2))], lr=0.1)
+    opt.param_groups[0]["params"][0].grad = torch.ones(3, 2)
+    opt.step()
+    tensors = {}
+    skeleton = json.loads(json.dumps(flatten(opt.state_dict(), "opt", tensors)))
+    back = unflatten(skeleton, tensors)
+    assert back["param_groups"][0]["lr"] == 0.1 and list(back["state"]) == [0]
+    torch.testing.assert_close(back["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(TypeError, match="cannot store"):
+        flatten({"a": object()}, "x", {})
+
+
+@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local"])
+def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
+    extra = [f"fed.strategy=\"{strategy}\"", "fed.rounds=3", "fed.clients_per_round=2" if strategy != "local" else ""]
+    config = tiny(tmp_path, *[e for e in extra if e])
+    whole = run(config, tmp_path / "whole")
+
+    from fussfast.fed.loop import Federation
+
+    real, calls = Federation.run_round, []
+
+    def interrupted(self, r):
+        if r == 3 and not calls:
+            calls.append(r)
+            raise KeyboardInterrupt  # Ctrl-C during round 3
+        return real(self, r)
+
+    monkeypatch.setattr(Federation, "run_round", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["round"] == 2
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["completed_rounds"] == 2
+    resumed = run(config, tmp_path / "cut", resume=True)
+    assert comparable(resumed) == comparable(whole)
+    assert load_file(str(tmp_path / "cut" / "model.safetensors")).keys() == \
+        load_file(str(tmp_path / "whole" / "model.safetensors")).keys()
+
+
+def test_resume_checks(tmp_path):
+    config = tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=1")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        run(config, tmp_path / "none", resume=True)
+    run(config, tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['train.local_steps'\]"):
+        run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "train.local_steps=3"), tmp_path / "a", resume=True)
+    more = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=2"), tmp_path / "a", resume=True)
+    assert [r["round"] for r in more["rounds"]] == [1, 2]  # training on for a round more
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    settings = TINY + ["fed.strategy=\"fedavg\"", "fed.rounds=40", f"cache_dir=\"{tmp_path / 'cache'}\""]
+    args = [sys.executable, "-m", "fussfast", "run", "--out", str(out)] + [a for s in settings for a in ("--set", s)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint" / "state.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Continue with: fussfast run CONFIG --resume" in err and "Traceback" not in err
+    done = json.loads((out / "checkpoint" / "state.json").read_text())["round"]
+    assert 1 <= done < 40
+    resume = subprocess.run(args[:4] + ["--resume", str(out)] + args[6:] + ["--set", "fed.rounds=" + str(done + 1)],
+                            capture_output=True, text=True, timeout=240)
+    assert resume.returncode == 0, resume.stderr
+    assert json.loads((out / "metrics.json").read_text())["completed_rounds"] == done + 1
+
+
+def test_demo_end_to_end_writes_report(tmp_path):
+    out = tmp_path / "demo"
+    cli = subprocess.run([sys.executable, "-m", "fussfast", "demo", "--out", str(out)] +
+                         [a for s in TINY + ["fed.rounds=2", f"cache_dir=\"{tmp_path / 'cache'}\""]
+                          for a in ("--set", s)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert cli.returncode == 0, cli.stderr
+    summary = json.loads((out / "metrics.json").read_text())
+    assert list(summary["strategies"]) == ["local", "fedavg", "fedcc-kmeans", "fedcc-maximin"]
+    page = (out / "report.html").read_text()
+    for text in ("mIoU per round", "Final results", "pairwise centroid distances", "Sample predictions",
+                 "Communication per round", "fedcc-maximin", "site2 mIoU", "data:image/png;base64,"):
+        assert text in page, text
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+    assert page.count("<svg") == 4 + 4  # 4 mIoU charts (global + 3 sites), 4 heatmaps
+    assert page.count("<img") == 4 * (2 + 4)  # 4 samples: image, ground truth, one prediction per strategy
