@@ -196,3 +196,9 @@ def test_demo_end_to_end_writes_report(tmp_path):
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
     assert page.count("<svg") == 4 + 4  # 4 mIoU charts (global + 3 sites), 4 heatmaps
     assert page.count("<img") == 4 * (2 + 4)  # 4 samples: image, ground truth, one prediction per strategy
+
+    from fussfast.__main__ import main
+
+    assert main(["report", str(out / "local"), str(out / "fedavg"), "--out", str(tmp_path / "two.html")]) == 0
+    assert (tmp_path / "two.html").read_text().count("<svg") == 4 + 2
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
