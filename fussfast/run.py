@@ -8,6 +8,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,74 @@ def make_data(data: dict, seed: int):
     return sites, cocostuff27(data["root"], "val", eval_size)
 
 
+@dataclass
+class Setup:
+    """A config's device, cached features and model factory, shared by ``fussfast run`` and the
+    Flower apps."""
+
+    config: dict
+    device: torch.device
+    train: dict[str, FeatureSet]  # per site
+    shared: FeatureSet  # the shared evaluation set
+    evaluation: object  # its dataset (for sample images)
+    feature_dim: int
+    seconds: float  # feature extraction (cache reads when warm)
+
+    def new_model(self) -> SiteModel:
+        c, t = self.config, self.config["train"]
+        loss = CorrespondenceConfig.preset(c["loss"]["preset"], feature_samples=c["loss"]["feature_samples"])
+        return SiteModel(self.feature_dim, c["model"]["code_dim"], c["data"]["num_classes"], loss=loss,
+                         num_neighbors=c["loss"]["num_neighbors"], head_lr=t["head_lr"], probe_lr=t["probe_lr"],
+                         backend=t["backend"], device=self.device)
+
+    def clients(self) -> dict[str, Client]:
+        """One client per site, or for ``centralized`` one holding every site's data (kNN
+        positives are still found within each site)."""
+        fed, t = self.config["fed"], self.config["train"]
+        options = dict(local_steps=t["local_steps"], batch_size=t["batch_size"],
+                       distill_weight=fed["distill_weight"], distill=fed["distill"])
+        if fed["strategy"] != "centralized":
+            return {name: Client(name, d, self.new_model(), **options) for name, d in self.train.items()}
+        data = list(self.train.values())
+        pooled = FeatureSet(*(torch.cat([getattr(d, k) for d in data]) for k in ("features", "descriptors", "masks")))
+        tables, offset = [], 0
+        for d in data:
+            tables.append(knn_table(d.descriptors) + offset)
+            offset += d.features.shape[0]
+        width = min(t.shape[1] for t in tables)
+        table = torch.cat([t[:, :width] for t in tables])
+        return {"all": Client("all", pooled, self.new_model(), table=table, **options)}
+
+
+def prepare(config: dict, sites: list[str] | None = None) -> Setup:
+    """Builds the backbone and extracts (or reads from the cache) the features of the shared
+    set and of every site, or only of ``sites``."""
+    t0 = time.perf_counter()
+    seed, data_cfg, model_cfg = config["seed"], config["data"], config["model"]
+    device = torch.device("cuda" if config["device"] == "auto" and torch.cuda.is_available()
+                          else "cpu" if config["device"] == "auto" else config["device"])
+    torch.manual_seed(seed)
+    backbone = FrozenBackbone(model_cfg["backbone"], weights=model_cfg["weights"],
+                              precision=model_cfg["precision"]).to(device)
+    datasets, evaluation = make_data(data_cfg, seed)
+    if sites is not None:
+        unknown = sorted(set(sites) - set(datasets))
+        if unknown:
+            raise ConfigError(f"unknown sites {unknown}; the data has {sorted(datasets)}")
+        datasets = {name: datasets[name] for name in sites}
+    base_key = {"data": data_cfg, "seed": seed, "backbone": model_cfg["backbone"],
+                "weights": weights_digest(model_cfg["weights"], seed), "precision": model_cfg["precision"]}
+
+    def features(name, ds):
+        key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
+        return extract(backbone, ds, key, config["cache_dir"], device, flip=True,
+                       progress=_progress(f"features {name}"))
+
+    train = {name: features(name, ds) for name, ds in datasets.items()}
+    shared = features("eval", evaluation)
+    return Setup(config, device, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
+
+
 def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
     """Trains and evaluates ``config`` into ``out_dir``: ``metrics.json`` (rewritten after every
     round), ``checkpoint/`` (every completed round), and at the end ``model.safetensors`` (the
@@ -78,50 +147,11 @@ def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
     if resume:
         _check_resumable(config, out_dir / "checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed, data_cfg, model_cfg, fed, tcfg = (config[k] for k in ("seed", "data", "model", "fed", "train"))
-    K = data_cfg["num_classes"]
-    device = torch.device("cuda" if config["device"] == "auto" and torch.cuda.is_available()
-                          else "cpu" if config["device"] == "auto" else config["device"])
-    torch.manual_seed(seed)
-    backbone = FrozenBackbone(model_cfg["backbone"], weights=model_cfg["weights"],
-                              precision=model_cfg["precision"]).to(device)
-    sites, evaluation = make_data(data_cfg, seed)
-    base_key = {"data": data_cfg, "seed": seed, "backbone": model_cfg["backbone"],
-                "weights": weights_digest(model_cfg["weights"], seed), "precision": model_cfg["precision"]}
-
-    def features(name, ds, flip):
-        key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
-        return extract(backbone, ds, key, config["cache_dir"], device, flip=flip,
-                       progress=_progress(f"features {name}"))
-
-    train = {name: features(name, ds, flip=True) for name, ds in sites.items()}
-    shared = features("eval", evaluation, flip=True)
-    t_features = time.perf_counter() - t0
-
-    loss_cfg = CorrespondenceConfig.preset(config["loss"]["preset"],
-                                           feature_samples=config["loss"]["feature_samples"])
-
-    def new_model():
-        return SiteModel(backbone.dim, model_cfg["code_dim"], K, loss=loss_cfg,
-                         num_neighbors=config["loss"]["num_neighbors"], head_lr=tcfg["head_lr"],
-                         probe_lr=tcfg["probe_lr"], backend=tcfg["backend"], device=device)
-
-    client_options = dict(local_steps=tcfg["local_steps"], batch_size=tcfg["batch_size"],
-                          distill_weight=fed["distill_weight"], distill=fed["distill"])
-    if fed["strategy"] == "centralized":
-        # one site holding everything; kNN positives are still found within each site
-        pooled = FeatureSet(torch.cat([d.features for d in train.values()]),
-                            torch.cat([d.descriptors for d in train.values()]),
-                            torch.cat([d.masks for d in train.values()]))
-        tables, offset = [], 0
-        for d in train.values():
-            tables.append(knn_table(d.descriptors) + offset)
-            offset += d.features.shape[0]
-        width = min(t.shape[1] for t in tables)
-        table = torch.cat([t[:, :width] for t in tables])
-        clients = {"all": Client("all", pooled, new_model(), table=table, **client_options)}
-    else:
-        clients = {name: Client(name, d, new_model(), **client_options) for name, d in train.items()}
+    fed, K = config["fed"], config["data"]["num_classes"]
+    setup = prepare(config)
+    device, train, shared, t_features = setup.device, setup.train, setup.shared, setup.seconds
+    clients = setup.clients()
+    new_model = setup.new_model
     global_model = new_model()
     strategy = strategy_from_config(config, global_model.arrays())
 
@@ -130,7 +160,7 @@ def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
 
     try:
         federation = Federation(clients, strategy, global_model, sites=train, shared=shared, num_classes=K,
-                                rounds=fed["rounds"], generator=torch.Generator().manual_seed(seed),
+                                rounds=fed["rounds"], generator=torch.Generator().manual_seed(config["seed"]),
                                 min_clients=fed["min_clients"], clients_per_round=fed["clients_per_round"],
                                 fraction=fed["fraction"], checkpoint_dir=out_dir / "checkpoint",
                                 meta={"config": config}, after_round=after_round)
@@ -146,7 +176,7 @@ def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
         print(f"\ninterrupted; {out_dir}/checkpoint holds round {done}. Continue with: "
               f"fussfast run CONFIG --resume {out_dir}", file=sys.stderr)
         raise
-    _save_outputs(federation, evaluation, out_dir)
+    _save_outputs(federation, setup.evaluation, out_dir)
     return _write(config, out_dir, device, shared, K, history, t0, t_features)
 
 
