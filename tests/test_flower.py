@@ -1,0 +1,127 @@
+"""The Flower apps: the custom strategy on hand-built replies, and a real loopback deployment
+(one flower-superlink, two flower-supernode processes, `flwr run`). Skipped only without flwr."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+
+from fussfast.fed import make_strategy  # noqa: E402
+from fussfast.fed.flower import FussfastStrategy  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower"
+
+
+def reply(site, n, w, centroids, loss=0.5):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as in a ServerApp process
+    arrays = ArrayRecord({"head.w": torch.tensor(w, dtype=torch.float64),
+                          "centroids": torch.tensor(centroids, dtype=torch.float64)})
+    return Message(content=RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n, "loss": loss}),
+                                       "site": ConfigRecord({"name": site})}), dst_node_id=0, message_type="train")
+
+
+CURRENT = {"head.w": torch.zeros(2, dtype=torch.float64), "centroids": torch.zeros(2, 1, dtype=torch.float64)}
+
+
+def test_aggregate_train_fedcc_maximin_by_hand():
+    s = FussfastStrategy(make_strategy("fedcc-maximin"), CURRENT)
+    arrays, metrics = s.aggregate_train(1, [reply("a", 1, [1.0, 2.0], [[0.0], [10.0]]),
+                                            reply("b", 3, [5.0, 6.0], [[2.0], [20.0]])])
+    out = arrays.to_torch_state_dict()
+    assert out["head.w"].tolist() == [4.0, 5.0]  # sample-weighted mean of the heads
+    assert out["centroids"].tolist() == [[0.0], [20.0]]  # pooled [0, 10, 2, 20], farthest-first from 0
+    assert metrics["num-updates"] == 2
+    assert s.pending["bytes"]["a"] == {"down": 32, "up": 32} and s.pending["excluded"] == {}
+    assert s.pending["centroid_shift"] == pytest.approx(20.0)
+
+
+def test_aggregate_train_leaves_out_bad_replies_and_keeps_local_groups():
+    current = {**CURRENT, "centroids": torch.full((2, 1), 7.0, dtype=torch.float64)}
+    s = FussfastStrategy(make_strategy("fedavg", local_params=("centroids",)), current)
+    assert set(s.initial_arrays().keys()) == {"head.w"}  # local groups never travel
+    good = reply("a", 1, [1.0, 2.0], [[0.0], [1.0]])
+    good.content["arrays"] = ArrayRecord({"head.w": torch.tensor([1.0, 2.0], dtype=torch.float64)})
+    bad = reply("b", 3, [float("nan"), 6.0], [[2.0], [20.0]])
+    bad.content["arrays"] = ArrayRecord({"head.w": torch.tensor([float("nan"), 6.0], dtype=torch.float64)})
+    arrays, _ = s.aggregate_train(2, [good, bad])
+    assert arrays.to_torch_state_dict()["head.w"].tolist() == [1.0, 2.0]
+    assert s.pending["excluded"] == {"b": "b: head.w contains NaN or Inf"}
+    assert s.current["centroids"].tolist() == [[7.0], [7.0]]
+    s2 = FussfastStrategy(make_strategy("fedavg"), CURRENT)
+    assert s2.aggregate_train(1, []) == (None, None)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
+def test_loopback_deployment_two_rounds_fedcc_maximin(tmp_path):
+    home = tmp_path / "flwr"
+    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    link, fleet, control = free_port(), free_port(), free_port()
+    (home / "cli").mkdir(parents=True)
+    (home / "cli" / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n[superlink.loopback]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    out = tmp_path / "out"
+    overrides = ("data.sites=2; data.images_per_site=10; data.eval_images=6; data.image_size=32; data.eval_size=32; "
+                 "train.local_steps=4; train.batch_size=4; fed.rounds=2; fed.strategy=\"fedcc-maximin\"; "
+                 f"fed.min_clients=2; model.precision=\"fp32\"; cache_dir=\"{tmp_path / 'cache'}\"")
+    procs = []
+
+    def start(args, name):
+        log = open(tmp_path / f"{name}.log", "w")
+        procs.append(subprocess.Popen(args, env={**env, "FLWR_HOME": str(home / name)}, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+
+    t0 = time.monotonic()
+    try:
+        start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
+               "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
+               "--disable-runtime-dependency-installation"], "superlink")
+        for i in range(2):
+            start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--host", "127.0.0.1",
+                   "--port", str(free_port()), "--node-config", f'site="site{i}"'], f"site{i}")
+        run_config = tmp_path / "run_config.toml"  # a file: overrides hold quotes and spaces
+        run_config.write_text(f"set = '{overrides}'\nout-dir = '{out}'\nround-timeout = 240.0\n")
+        result = subprocess.run(["flwr", "run", str(EXAMPLE), "loopback", "--stream", "--run-config", str(run_config)],
+                                env={**env, "FLWR_HOME": str(home / "cli")}, capture_output=True, text=True,
+                                timeout=420)
+        wall = time.monotonic() - t0
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    logs = "\n".join((tmp_path / f"{n}.log").read_text()[-3000:] for n in ("superlink", "site0", "site1"))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + logs
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2], result.stdout[-4000:] + logs
+    for r in metrics["rounds"]:
+        assert sorted(r["sampled"]) == ["site0", "site1"] and r["excluded"] == {}
+        assert r["centroid_shift"] > 0  # the global centroids changed every round
+        assert set(r["clients"]) == {"site0", "site1"} and 0 <= r["global"]["miou"] <= 100
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 2
+    print(f"loopback: 2 rounds in {wall:.1f} s")
