@@ -70,6 +70,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_until_up(url, proc, timeout):
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the SuperLink did not come up at {url}") from None
+            time.sleep(0.3)
+
+
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
 def test_loopback_deployment_two_rounds_fedcc_maximin(tmp_path):
     home = tmp_path / "flwr"
@@ -98,6 +112,7 @@ def test_loopback_deployment_two_rounds_fedcc_maximin(tmp_path):
         for i in range(2):
             start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--host", "127.0.0.1",
                    "--port", str(free_port()), "--node-config", f'site="site{i}"'], f"site{i}")
+        wait_until_up(f"http://127.0.0.1:{link}/health", procs[0], timeout=120)
         run_config = tmp_path / "run_config.toml"  # a file: overrides hold quotes and spaces
         run_config.write_text(f"set = '{overrides}'\nout-dir = '{out}'\nround-timeout = 240.0\n")
         result = subprocess.run(["flwr", "run", str(EXAMPLE), "loopback", "--stream", "--run-config", str(run_config)],
