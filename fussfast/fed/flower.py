@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -85,7 +86,9 @@ client_app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     config, site, client, strategy = _site_client(context)
     server_round = int(msg.content["config"]["server-round"])
-    generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + server_round)
+    # each site and round draws its own batches, reproducibly
+    seed = ((config["seed"] * 1_000_003 + server_round) << 32) + zlib.crc32(site.encode())
+    generator = torch.Generator().manual_seed(seed % 2**63)
     update = client.fit(_to_torch(msg.content["arrays"]), strategy, generator)
     tensors: dict[str, torch.Tensor] = {}
     meta = client.state("c", tensors)
