@@ -86,7 +86,7 @@ def test_personalized_head_module_and_distillation(tmp_path):
     torch.testing.assert_close(tensors["client/site0/model/head.mlp.0.weight"],
                                tensors["client/site1/model/head.mlp.0.weight"])
     plain = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["head.lin"]'), tmp_path / "plain")
-    assert metrics["rounds"][0]["loss"] != plain["rounds"][0]["loss"]  # the distillation term is in the loss
+    assert metrics["rounds"][0]["loss"] != plain["rounds"][0]["loss"]  # the distillation term changes training
 
 
 def test_local_params_errors(tmp_path):

@@ -80,7 +80,9 @@ class Federation:
         sampled = self.sample()
         updates, excluded, losses = [], {}, {}
         shared_now = self.strategy.shared(self.current)
-        for name in sampled:
+        from tqdm.auto import tqdm
+
+        for name in tqdm(sampled, desc=f"round {r} clients", leave=False, disable=not sys.stderr.isatty()):
             try:
                 update = self.clients[name].fit(self.current, self.strategy, self.generator)
                 losses[name] = update.metrics["loss"]
