@@ -13,6 +13,7 @@
 
 #include "common/gemm_cpu.h"
 #include "common/tensor.h"
+#include "back_ce/back_ce.h"
 #include "cluster/cluster.h"
 #include "correlation/correlation.h"
 #include "kmeans/kmeans.h"
@@ -265,6 +266,41 @@ void cluster_forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a,
       });
 }
 
+// ---- back_ce ---------------------------------------------------------------------------------
+
+void back_ce_forward(In logits_a, In labels_a, In present_a, int64_t ignore_index, Out loss_a,
+                     std::optional<Out> grad_a, uintptr_t stream) {
+  const std::string op = "back_ce";
+  Tensor logits = view(op, "logits", logits_a), labels = view(op, "labels", labels_a);
+  Tensor present = view(op, "present", present_a), loss = view(op, "loss", loss_a), grad;
+  expect(logits.dtype == DType::f32 || logits.dtype == DType::f64, op, "logits must be float32 or float64");
+  expect(logits.ndim >= 2, op, "logits must be [B, K, ...]");
+  const int64_t B = logits.size(0), K = logits.size(1), P = logits.inner(2);
+  expect_dtype(op, "labels", labels, DType::i64);
+  expect(labels.numel() == B * P && labels.size(0) == B, op, "labels must be [B, ...] with the logits' pixels");
+  expect_dtype(op, "present", present, DType::i32);
+  expect_shape(op, "present", present, {B, K});
+  expect_dtype(op, "loss", loss, logits.dtype);
+  expect(loss.numel() == B * P, op, "loss must be [B, ...]");
+  std::vector<const Tensor*> all{&logits, &labels, &present, &loss};
+  if (grad_a) {
+    grad = view(op, "grad", *grad_a);
+    expect_dtype(op, "grad", grad, logits.dtype);
+    expect(grad.numel() == logits.numel(), op, "grad must have the logits' shape");
+    all.push_back(&grad);
+  }
+  expect_same_device(op, all);
+  const Tensor* g = grad_a ? &grad : nullptr;
+  nb::gil_scoped_release release;
+  on_device(
+      op, logits, [&] { back_ce::forward_cpu(logits, labels, present, ignore_index, loss, g); },
+      [&] {
+#ifdef FUSSFAST_WITH_CUDA
+        back_ce::forward_cuda(logits, labels, present, ignore_index, loss, g, stream);
+#endif
+      });
+}
+
 // ---- correlation_loss ------------------------------------------------------------------------
 
 struct PairShape {
@@ -472,6 +508,9 @@ NB_MODULE(_C, m) {
         nb::arg("labels").noconvert(), nb::arg("acc").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("means").noconvert(), nb::arg("regions").noconvert(), nb::arg("status").noconvert(),
         nb::arg("ignore_index"), nb::arg("normalize"), nb::arg("stream"));
+  m.def("back_ce_forward", &back_ce_forward, nb::arg("logits").noconvert(), nb::arg("labels").noconvert(),
+        nb::arg("present").noconvert(), nb::arg("ignore_index"), nb::arg("loss").noconvert(),
+        nb::arg("grad").noconvert().none(), nb::arg("stream"));
   m.def("cluster_forward", &cluster_forward, nb::arg("codes").noconvert(),
         nb::arg("centroids").noconvert(), nb::arg("alpha"), nb::arg("probs").noconvert().none(),
         nb::arg("labels").noconvert().none(), nb::arg("total").noconvert().none(),
