@@ -151,8 +151,7 @@ def run(config: dict, out_dir: str | Path, *, resume: bool = False) -> dict:
     setup = prepare(config)
     device, train, shared, t_features = setup.device, setup.train, setup.shared, setup.seconds
     clients = setup.clients()
-    new_model = setup.new_model
-    global_model = new_model()
+    global_model = setup.new_model()
     strategy = strategy_from_config(config, global_model.arrays())
 
     def after_round(federation):
@@ -197,7 +196,7 @@ def strategy_from_config(config: dict, arrays: dict) -> Strategy:
         options.update(metric=fed["cc_metric"], seed=config["seed"])
     strategy = make_strategy(name, **options)
     for group in strategy.local_params:
-        if not any(strategy.is_local(k) and (k == group or k.startswith(group + ".")) for k in arrays):
+        if not any(k == group or k.startswith(group + ".") for k in arrays):
             heads = sorted({".".join(k.split(".")[:2]) for k in arrays if k.startswith("head.")})
             raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; "
                               f"choose from 'centroids', 'head' or a head module {heads}")
