@@ -10,10 +10,12 @@ from typing import Any
 # Every key a config may hold, with its default; the type of the default is the key's type
 # (None: optional string).
 DEFAULTS: dict[str, dict[str, Any]] = {
+    "task": "unsupervised",          # unsupervised (FUSS: clusters, Hungarian) or supervised (FedSeg: labels)
     "data": {
         "kind": "synthetic",         # synthetic (built in), folder, cityscapes, cocostuff27
         "root": None,                # dataset directory (all kinds but synthetic)
-        "split": "3x6",              # cityscapes: 3x6, 6x3 or 18x1 cities; cocostuff27: Dirichlet sites
+        "split": "3x6",              # cityscapes: 3x6, 6x3 or 18x1 cities; or class-erased (supervised)
+        "classes_per_site": 2,       # class-erased: classes each site annotates (the rest become ignore)
         "crop": "center",            # training images: center (resize + centre crop) or five (five-crop)
         "num_classes": 6,
         "image_size": 64,            # training resolution (a multiple of the patch size)
@@ -28,11 +30,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weights": "random",         # random, timm (download), or a local file
         "precision": "fp16",
         "code_dim": 70,
+        "embed_dim": 256,            # supervised: projection embedding for the region contrast
     },
     "loss": {
         "preset": "cityscapes",      # CorrespondenceLoss preset
         "feature_samples": 11,
         "num_neighbors": 2,          # kNN positives (FUSS: 2)
+        "objective": "backce+contrast",  # supervised: ce, backce or backce+contrast (FedSeg Table 1a)
+        "contrast_weight": 1.0,      # supervised: lambda of the pixel-to-region contrast
+        "contrast_tau": 0.07,        # supervised: its temperature
+        "pseudo_threshold": 0.8,     # supervised: global-model confidence for a pseudo-label
+        "max_anchors": 4096,         # supervised: anchor pixels per batch, balanced over classes
     },
     "train": {
         "local_steps": 40,           # steps per round
@@ -63,6 +71,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 CHOICES = {
+    ("task",): ("unsupervised", "supervised"),
+    ("loss", "objective"): ("ce", "backce", "backce+contrast"),
     ("data", "kind"): ("synthetic", "folder", "cityscapes", "cocostuff27"),
     ("data", "crop"): ("center", "five"),
     ("model", "precision"): ("fp16", "bf16", "fp32"),
@@ -142,7 +152,8 @@ def _check_choices(config: dict) -> None:
         if value not in allowed:
             raise ConfigError(f"config key {'.'.join(path)!r} must be one of {allowed}, got {value!r}")
     positive = [("data", "num_classes"), ("data", "image_size"), ("data", "eval_size"), ("data", "sites"),
-                ("data", "images_per_site"), ("data", "eval_images"), ("model", "code_dim"),
+                ("data", "images_per_site"), ("data", "eval_images"), ("data", "classes_per_site"),
+                ("model", "code_dim"), ("model", "embed_dim"), ("loss", "max_anchors"),
                 ("train", "local_steps"), ("train", "batch_size"), ("fed", "rounds"), ("fed", "min_clients")]
     for section, key in positive:
         if config[section][key] < 1:
@@ -160,13 +171,34 @@ def _check_choices(config: dict) -> None:
     if not all(isinstance(p, str) for p in fed["local_params"]):
         raise ConfigError(f"config key 'fed.local_params' must be a list of strings, got {fed['local_params']!r}")
     data = config["data"]
+    supervised = config["task"] == "supervised"
+    erased = data["split"] == "class-erased"
     if data["kind"] != "synthetic":
         if data["root"] is None or not Path(data["root"]).is_dir():
             raise ConfigError(f"config key 'data.root': no dataset directory at {data['root']}")
-        if data["kind"] in ("cityscapes", "cocostuff27") and data["num_classes"] != 27:
-            raise ConfigError(f"config key 'data.num_classes' must be 27 for {data['kind']}")
-        if data["kind"] == "cityscapes" and data["split"] not in ("3x6", "6x3", "18x1"):
-            raise ConfigError("config key 'data.split' must be 3x6, 6x3 or 18x1 for cityscapes")
+        # Cityscapes: 27 classes (labelId - 7) unsupervised as in STEGO, the 19 trainIds supervised
+        classes = 19 if supervised and data["kind"] == "cityscapes" else 27
+        if data["kind"] in ("cityscapes", "cocostuff27") and data["num_classes"] != classes:
+            raise ConfigError(f"config key 'data.num_classes' must be {classes} for {config['task']} {data['kind']}")
+        if data["kind"] == "cityscapes" and data["split"] not in ("3x6", "6x3", "18x1", "class-erased"):
+            raise ConfigError("config key 'data.split' must be 3x6, 6x3, 18x1 or class-erased for cityscapes")
+    if erased:
+        if not supervised:
+            raise ConfigError("config key 'data.split' = 'class-erased' needs task = 'supervised' (it erases labels)")
+        if data["kind"] not in ("synthetic", "cityscapes"):
+            raise ConfigError(f"config key 'data.split' = 'class-erased' is for synthetic or cityscapes data, "
+                              f"not {data['kind']!r}")
+        if data["classes_per_site"] > data["num_classes"]:
+            raise ConfigError(f"config key 'data.classes_per_site' must be <= data.num_classes "
+                              f"({data['num_classes']}), got {data['classes_per_site']}")
+    loss = config["loss"]
+    if loss["contrast_weight"] < 0 or loss["contrast_tau"] <= 0:
+        raise ConfigError("config keys 'loss.contrast_weight' must be >= 0 and 'loss.contrast_tau' > 0")
+    if not 0 <= loss["pseudo_threshold"] <= 1:
+        raise ConfigError(f"config key 'loss.pseudo_threshold' must be in [0, 1], got {loss['pseudo_threshold']}")
+    if supervised and fed["strategy"].startswith("fedcc"):
+        raise ConfigError(f"config key 'fed.strategy': {fed['strategy']} re-clusters centroids, which the "
+                          "supervised head does not have; choose fedavg, fedprox, moon, local or centralized")
     weights = config["model"]["weights"]
     if weights not in ("random", "timm") and not Path(weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {weights}")

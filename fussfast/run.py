@@ -17,17 +17,17 @@ from safetensors.torch import save_file
 
 import fussfast
 from fussfast.data import synthetic_federation
-from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, cocostuff27, dirichlet_split,
-                                    folder_federation)
+from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, class_erased_split, cocostuff27,
+                                    dirichlet_split, erased_site_classes, folder_federation)
 from fussfast.config import ConfigError
 from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 from fussfast.eval import hungarian_scores
 from fussfast.fed import Strategy, make_strategy
 from fussfast.fed.client import Client, scores
 from fussfast.fed.loop import Federation
-from fussfast.losses import CorrespondenceConfig
+from fussfast.losses import CorrespondenceConfig, RegionContrast
 from fussfast.model import FrozenBackbone, knn_table
-from fussfast.pipeline import FeatureSet, SiteModel, extract, weights_digest
+from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel, extract, weights_digest
 
 
 def _progress(desc: str):
@@ -46,27 +46,49 @@ def majority_baseline(data: FeatureSet, num_classes: int) -> dict:
 
 
 def make_data(data: dict, seed: int):
-    """The sites' training datasets and the shared evaluation set of a config's ``data`` table."""
+    """The sites' training datasets, the shared evaluation set, and the classes each site
+    annotates (None: all; only class-erased splits erase labels) of a config's ``data`` table."""
     size, eval_size, five = data["image_size"], data["eval_size"], data["crop"] == "five"
+    K, erased = data["num_classes"], data["split"] == "class-erased"
+    labelled = erased_site_classes(data["sites"], K, data["classes_per_site"]) if erased else None
     if data["kind"] == "synthetic":
+        probs = None
+        if erased:  # every site sees every class; half its pixels are of the classes it annotates
+            probs = [np.where(np.isin(np.arange(K), own), 0.5 / len(own), 0.5 / max(K - len(own), 1))
+                     for own in labelled]
         sites, evaluation = synthetic_federation(
-            num_sites=data["sites"], num_classes=data["num_classes"], images_per_site=data["images_per_site"],
-            alpha=data["alpha"] or None, eval_images=data["eval_images"], image_size=size, seed=seed)
+            num_sites=data["sites"], num_classes=K, images_per_site=data["images_per_site"],
+            alpha=data["alpha"] or None, class_probs=probs, eval_images=data["eval_images"], image_size=size,
+            seed=seed)
         evaluation.image_size = eval_size
-        return sites, evaluation
-    if data["kind"] == "folder":
-        return folder_federation(data["root"], size, eval_size)
-    if data["kind"] == "cityscapes":
-        return cityscapes_sites(data["root"], data["split"], size, five), cityscapes27(data["root"], "val", eval_size)
-    full = cocostuff27(data["root"], "train", size)
-    masks = (full[i][1] for i in range(len(full)))
-    dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
-    parts = dirichlet_split(dominant, data["sites"], data["alpha"] or 1e6, seed)
-    train = cocostuff27(data["root"], "train", size, five)
-    crops = 5 if five else 1
-    sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
-             for s, idx in enumerate(parts) if len(idx)}
-    return sites, cocostuff27(data["root"], "val", eval_size)
+    elif data["kind"] == "folder":
+        sites, evaluation = folder_federation(data["root"], size, eval_size)
+    elif data["kind"] == "cityscapes":
+        evaluation = cityscapes27(data["root"], "val", eval_size, num_classes=K)
+        if erased:
+            train = cityscapes27(data["root"], "train", size, five_crop=five, num_classes=K)
+            parts = class_erased_split([train.classes(i) for i in range(0, len(train), train.crops)], labelled, seed)
+            crops = train.crops
+            sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
+                     for s, idx in enumerate(parts)}
+        else:
+            sites = cityscapes_sites(data["root"], data["split"], size, five, num_classes=K)
+    else:
+        full = cocostuff27(data["root"], "train", size)
+        masks = (full[i][1] for i in range(len(full)))
+        dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
+        parts = dirichlet_split(dominant, data["sites"], data["alpha"] or 1e6, seed)
+        train = cocostuff27(data["root"], "train", size, five)
+        crops = 5 if five else 1
+        sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
+                 for s, idx in enumerate(parts) if len(idx)}
+        evaluation = cocostuff27(data["root"], "val", eval_size)
+    if labelled is not None:
+        empty = [name for name, ds in sites.items() if len(ds) == 0]
+        if empty:
+            raise ConfigError(f"class-erased split: no image contains the classes of {empty}")
+        labelled = dict(zip(sites, labelled))
+    return sites, evaluation, labelled
 
 
 @dataclass
@@ -82,8 +104,15 @@ class Setup:
     feature_dim: int
     seconds: float  # feature extraction (cache reads when warm)
 
-    def new_model(self) -> SiteModel:
+    def new_model(self) -> SiteModel | SupervisedModel:
         c, t = self.config, self.config["train"]
+        if c["task"] == "supervised":
+            lc, K = c["loss"], c["data"]["num_classes"]
+            contrast = RegionContrast(K, tau=lc["contrast_tau"], weight=lc["contrast_weight"],
+                                      threshold=lc["pseudo_threshold"], max_anchors=lc["max_anchors"],
+                                      backend=t["backend"])
+            return SupervisedModel(self.feature_dim, K, embed_dim=c["model"]["embed_dim"], objective=lc["objective"],
+                                   contrast=contrast, lr=t["head_lr"], backend=t["backend"], device=self.device)
         loss = CorrespondenceConfig.preset(c["loss"]["preset"], feature_samples=c["loss"]["feature_samples"])
         return SiteModel(self.feature_dim, c["model"]["code_dim"], c["data"]["num_classes"], loss=loss,
                          num_neighbors=c["loss"]["num_neighbors"], head_lr=t["head_lr"], probe_lr=t["probe_lr"],
@@ -99,6 +128,8 @@ class Setup:
             return {name: Client(name, d, self.new_model(), **options) for name, d in self.train.items()}
         data = list(self.train.values())
         pooled = FeatureSet(*(torch.cat([getattr(d, k) for d in data]) for k in ("features", "descriptors", "masks")))
+        if data[0].labelled is not None:  # class-erased: every site's images keep their site's classes
+            pooled.labelled = torch.cat([d.labelled for d in data])
         tables, offset = [], 0
         for d in data:
             tables.append(knn_table(d.descriptors) + offset)
@@ -118,7 +149,7 @@ def prepare(config: dict, sites: list[str] | None = None) -> Setup:
     torch.manual_seed(seed)
     backbone = FrozenBackbone(model_cfg["backbone"], weights=model_cfg["weights"],
                               precision=model_cfg["precision"]).to(device)
-    datasets, evaluation = make_data(data_cfg, seed)
+    datasets, evaluation, labelled = make_data(data_cfg, seed)
     if sites is not None:
         unknown = sorted(set(sites) - set(datasets))
         if unknown:
@@ -133,6 +164,11 @@ def prepare(config: dict, sites: list[str] | None = None) -> Setup:
                        progress=_progress(f"features {name}"))
 
     train = {name: features(name, ds) for name, ds in datasets.items()}
+    for name, classes in (labelled or {}).items():
+        if name in train:  # the site annotates only ``classes``
+            known = torch.zeros(data_cfg["num_classes"], dtype=torch.bool)
+            known[classes] = True
+            train[name].labelled = known.expand(len(datasets[name]), -1).clone()
     shared = features("eval", evaluation)
     return Setup(config, device, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
 
@@ -197,9 +233,8 @@ def strategy_from_config(config: dict, arrays: dict) -> Strategy:
     strategy = make_strategy(name, **options)
     for group in strategy.local_params:
         if not any(k == group or k.startswith(group + ".") for k in arrays):
-            heads = sorted({".".join(k.split(".")[:2]) for k in arrays if k.startswith("head.")})
-            raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; "
-                              f"choose from 'centroids', 'head' or a head module {heads}")
+            groups = sorted({".".join(k.split(".")[:2]) for k in arrays} | {k.split(".")[0] for k in arrays})
+            raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; choose from {groups}")
     return strategy
 
 
@@ -228,8 +263,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _save_outputs(federation: Federation, evaluation, out_dir: Path, num_samples: int = 4) -> None:
     """``model.safetensors``: the scored models' arrays as ``<model>/<array>``;
     ``samples.safetensors``: the first shared images (uint8), ground truth and the first scored
-    model's predictions mapped to classes by the Hungarian matching (-1: unmatched cluster),
-    with that model's ``centroid_response``."""
+    model's predictions; unsupervised, clusters are mapped to classes by the Hungarian matching
+    (-1: unmatched cluster), with that model's ``centroid_response``."""
     models = federation.models()
     save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
               str(out_dir / "model.safetensors"))
@@ -238,13 +273,14 @@ def _save_outputs(federation: Federation, evaluation, out_dir: Path, num_samples
     masks = shared.masks[:n]
     pred = model.predict(shared.features[:n], shared.flipped[:n] if shared.flipped is not None else None,
                          masks.shape[-2:]).cpu()
-    assignment = torch.tensor(hungarian_scores(model.confusion(shared, federation.num_classes)).assignment)
     images = torch.stack([evaluation[i][0] for i in range(n)])
     images = (images * torch.from_numpy(IMAGENET_STD) + torch.from_numpy(IMAGENET_MEAN)).clamp(0, 1)
-    distance, usage = centroid_response(model, shared.features[:64])
-    save_file({"image": (images * 255).round().to(torch.uint8), "mask": masks, "pred": assignment[pred],
-               "assignment": assignment, "centroid_distance": distance, "usage": usage},
-              str(out_dir / "samples.safetensors"))
+    samples = {"image": (images * 255).round().to(torch.uint8), "mask": masks, "pred": pred}
+    if model.matching == "hungarian":
+        assignment = torch.tensor(hungarian_scores(model.confusion(shared, federation.num_classes)).assignment)
+        distance, usage = centroid_response(model, shared.features[:64])
+        samples.update(pred=assignment[pred], assignment=assignment, centroid_distance=distance, usage=usage)
+    save_file(samples, str(out_dir / "samples.safetensors"))
 
 
 @torch.no_grad()

@@ -80,3 +80,34 @@ def test_dirichlet_split_partitions_and_skews():
     assert (shares.max(1) > 0.4).sum() >= 3  # small alpha: sites dominated by few groups
     iid = dirichlet_split(groups, 4, alpha=1e6, seed=0)
     assert all(abs(len(s) - 150) <= 6 for s in iid)
+
+
+def test_cityscapes_train_ids_and_class_erased_sites(tmp_path):
+    from fussfast.config import load_config
+    from fussfast.run import make_data
+
+    # labelIds: 7 road -> 0, 26 car -> 13, 33 bicycle -> 18, 9 parking and 3 void -> ignore
+    for split, n in (("train", 6), ("val", 2)):
+        for i in range(n):
+            city = f"city{i // 3}"
+            name = f"{city}_{i:06d}_000019"
+            write_png(tmp_path / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", rgb(i))
+            labels = np.full((20, 30), 7, dtype=np.uint8)
+            labels[:5] = (26, 33, 9)[i % 3]
+            labels[-1] = 3
+            write_png(tmp_path / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", labels)
+    ds = cityscapes27(tmp_path, "train", 20, num_classes=19)
+    assert set(ds[0][1].unique().tolist()) == {-1, 0, 13} and set(ds[2][1].unique().tolist()) == {-1, 0}
+    assert [ds.classes(i) for i in range(3)] == [{0, 13}, {0, 18}, {0}]
+    assert set(cityscapes27(tmp_path, "train", 20)[0][1].unique().tolist()) == {-1, 0, 19}  # 27 classes
+    config = load_config(None, ["task=\"supervised\"", "data.kind=\"cityscapes\"", f"data.root=\"{tmp_path}\"",
+                                "data.num_classes=19", "data.split=\"class-erased\"", "data.sites=19",
+                                "data.classes_per_site=1"])
+    with pytest.raises(ValueError, match="no image contains the classes of"):
+        make_data(config["data"], 0)  # most of the 19 one-class sites find no image
+    config["data"]["sites"], config["data"]["classes_per_site"] = 2, 10
+    sites, evaluation, labelled = make_data(config["data"], 0)
+    assert labelled == {"site0": list(range(10)), "site1": [0, *range(10, 19)]}
+    assert len(sites["site0"]) + len(sites["site1"]) == 6 and len(evaluation) == 2
+    for name, site in sites.items():
+        assert all(set(site[i][1].unique().tolist()) & set(labelled[name]) for i in range(len(site)))

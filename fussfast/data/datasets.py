@@ -86,6 +86,20 @@ class ImageList(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.crops
 
+    def classes(self, i: int) -> set[int]:
+        """The classes in image ``i``'s mask at full resolution (reads the mask only)."""
+        from PIL import Image
+
+        path = self.masks[i // self.crops]
+        if path is None:
+            return set()
+        with Image.open(path) as m:
+            mask = np.asarray(m).astype(np.int64)
+        mask = mask[..., 0] if mask.ndim == 3 else mask
+        ids = np.unique(mask)
+        ids = self.label_map[np.clip(ids, 0, len(self.label_map) - 1)] if self.label_map is not None else ids
+        return {int(c) for c in ids if 0 <= c < 255}
+
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
             raise IndexError(f"{self.name}: item {i} out of range ({len(self)})")
@@ -113,9 +127,29 @@ def folder_federation(root: str | Path, size: int, eval_size: int | None = None)
     return sites, listing(root / "val", "val", eval_size or size)
 
 
+# Cityscapes labelId -> trainId (the 19 evaluated classes); every other labelId is ignored.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def cityscapes_label_map(num_classes: int) -> np.ndarray:
+    """labelId -> class: 27 classes (labelId - 7, as STEGO/FUSS evaluate) or the 19 trainIds."""
+    if num_classes == 27:
+        table = np.arange(256, dtype=np.int64) - 7
+        table[(table < 0) | (table > 26)] = -1
+        return table
+    if num_classes == 19:
+        table = np.full(256, -1, dtype=np.int64)
+        for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+            table[label_id] = train_id
+        return table
+    raise ValueError(f"cityscapes: num_classes must be 27 or 19, got {num_classes}")
+
+
 def cityscapes27(root: str | Path, split: str, size: int, cities: list[str] | None = None,
-                 five_crop: bool = False) -> ImageList:
-    """Cityscapes ``leftImg8bit``/``gtFine`` layout; class = labelId - 7 (27 classes), the rest ignored."""
+                 five_crop: bool = False, num_classes: int = 27) -> ImageList:
+    """Cityscapes ``leftImg8bit``/``gtFine`` layout; class = labelId - 7 (27 classes), or with
+    ``num_classes=19`` the trainIds; the rest ignored."""
     root = Path(root)
     base = root / "leftImg8bit" / split
     if not base.is_dir():
@@ -126,23 +160,23 @@ def cityscapes27(root: str | Path, split: str, size: int, cities: list[str] | No
         for img in sorted((base / city).glob("*_leftImg8bit.png")):
             images.append(img)
             masks.append(root / "gtFine" / split / city / img.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
-    label_map = np.arange(256, dtype=np.int64) - 7
-    label_map[(label_map < 0) | (label_map > 26)] = -1
-    return ImageList(f"cityscapes-{split}", images, [m if m.is_file() else None for m in masks], size, label_map,
-                     five_crop)
+    return ImageList(f"cityscapes-{split}", images, [m if m.is_file() else None for m in masks], size,
+                     cityscapes_label_map(num_classes), five_crop)
 
 
 CITY_SPLITS = {"3x6": 3, "6x3": 6, "18x1": 18}
 
 
-def cityscapes_sites(root: str | Path, scheme: str, size: int, five_crop: bool = False) -> dict[str, ImageList]:
+def cityscapes_sites(root: str | Path, scheme: str, size: int, five_crop: bool = False,
+                     num_classes: int = 27) -> dict[str, ImageList]:
     """FUSS's Cityscapes splits of the 18 training cities: 3 sites x 6 cities, 6 x 3 or 18 x 1."""
     if scheme not in CITY_SPLITS:
         raise ValueError(f"cityscapes split must be one of {sorted(CITY_SPLITS)}, got {scheme!r}")
     cities = sorted(d.name for d in (Path(root) / "leftImg8bit" / "train").iterdir() if d.is_dir())
     n = CITY_SPLITS[scheme]
     groups = [cities[i::n] for i in range(n)]
-    return {f"site{i}": cityscapes27(root, "train", size, g, five_crop) for i, g in enumerate(groups) if g}
+    return {f"site{i}": cityscapes27(root, "train", size, g, five_crop, num_classes)
+            for i, g in enumerate(groups) if g}
 
 
 def cocostuff27(root: str | Path, split: str, size: int, five_crop: bool = False) -> ImageList:
@@ -172,6 +206,30 @@ def dirichlet_split(groups: np.ndarray, num_sites: int, alpha: float, seed: int 
         for s, part in enumerate(np.split(members, cuts)):
             sites[s].extend(part.tolist())
     return [np.sort(np.array(s, dtype=np.int64)) for s in sites]
+
+
+def erased_site_classes(num_sites: int, num_classes: int, classes_per_site: int) -> list[list[int]]:
+    """The classes each site annotates in a class-erased split: ``classes_per_site`` consecutive
+    classes per site, round robin, so ``num_sites * classes_per_site >= num_classes`` covers all."""
+    if not 1 <= classes_per_site <= num_classes:
+        raise ValueError(f"classes_per_site must be in [1, {num_classes}], got {classes_per_site}")
+    return [sorted({(s * classes_per_site + j) % num_classes for j in range(classes_per_site)})
+            for s in range(num_sites)]
+
+
+def class_erased_split(image_classes: list[set[int]], site_classes: list[list[int]], seed: int = 0
+                       ) -> list[np.ndarray]:
+    """FedSeg's class-heterogeneous split: each image goes to one site, drawn uniformly among
+    the sites that annotate a class the image contains (images no site annotates are left out).
+    Returns the image indices of every site."""
+    rng = np.random.default_rng(seed)
+    sites = [[] for _ in site_classes]
+    owners = [set(c) for c in site_classes]
+    for i, classes in enumerate(image_classes):
+        eligible = [s for s, own in enumerate(owners) if own & classes]
+        if eligible:
+            sites[eligible[int(rng.integers(len(eligible)))]].append(i)
+    return [np.array(s, dtype=np.int64) for s in sites]
 
 
 class Subset(torch.utils.data.Dataset):

@@ -72,19 +72,23 @@ class SyntheticSite(torch.utils.data.Dataset):
 
 def synthetic_federation(num_sites: int = 3, num_classes: int = 6, images_per_site: int = 64, *,
                          alpha: float | None = 0.5, site_classes: list[list[int]] | None = None,
+                         class_probs: list[np.ndarray] | None = None,
                          eval_images: int = 32, image_size: int = 64, seed: int = 0
                          ) -> tuple[dict[str, SyntheticSite], SyntheticSite]:
     """Label-skewed sites and a shared evaluation set with every class.
 
-    ``site_classes`` gives each site its classes (uniform among them); otherwise each site's class
-    distribution is Dirichlet(``alpha``) (``alpha=None``: IID, uniform everywhere).
+    ``class_probs`` gives each site's class distribution; ``site_classes`` gives each site its
+    classes (uniform among them); otherwise each site's class distribution is Dirichlet(``alpha``)
+    (``alpha=None``: IID, uniform everywhere).
     """
     if num_sites < 1 or num_classes < 1 or images_per_site < 1:
         raise ValueError("synthetic_federation: num_sites, num_classes and images_per_site must be >= 1")
     rng = np.random.default_rng(seed)
     probs = []
     for s in range(num_sites):
-        if site_classes is not None:
+        if class_probs is not None:
+            p = np.asarray(class_probs[s], dtype=np.float64)
+        elif site_classes is not None:
             p = np.zeros(num_classes)
             p[site_classes[s]] = 1.0
         elif alpha is None:

@@ -46,9 +46,21 @@ def hungarian_scores(confusion: torch.Tensor) -> Scores:
     assignment = [-1] * hist.shape[0]
     for c, k in zip(clusters, classes):
         assignment[int(c)] = int(k)
+    return _scores(hist, assignment)
+
+
+def identity_scores(confusion: torch.Tensor) -> Scores:
+    """Scores of a supervised model: predicted class k is class k (a square confusion matrix)."""
+    if confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"identity_scores: the confusion matrix must be square, got {list(confusion.shape)}")
+    return _scores(confusion.detach().cpu().numpy().astype(np.float64), list(range(confusion.shape[0])))
+
+
+def _scores(hist: np.ndarray, assignment: list[int]) -> Scores:
     matched = np.zeros((hist.shape[1], hist.shape[1]))  # [matched class, true class]
-    for c, k in zip(clusters, classes):
-        matched[k] = hist[c]
+    for c, k in enumerate(assignment):
+        if k >= 0:
+            matched[k] = hist[c]
     tp = np.diag(matched)
     fp = matched.sum(1) - tp
     fn = matched.sum(0) - tp

@@ -6,28 +6,30 @@ import copy
 
 import torch
 
-from fussfast.eval import hungarian_scores
+from fussfast.eval import hungarian_scores, identity_scores
 from fussfast.fed.checkpoint import flatten, unflatten
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
-from fussfast.pipeline import FeatureSet, SiteModel
+from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
 
 
-def scores(confusion: torch.Tensor) -> dict:
-    s = hungarian_scores(confusion)
+def scores(confusion: torch.Tensor, matching: str = "hungarian") -> dict:
+    """mIoU and accuracy with clusters matched to classes (``hungarian``) or as they are (``identity``)."""
+    s = hungarian_scores(confusion) if matching == "hungarian" else identity_scores(confusion)
     return {"miou": s.miou, "acc": s.acc}
 
 
 class Client:
     """``fit`` loads the global arrays (all but the strategy's local ones), trains
     ``local_steps`` steps with the strategy's client terms, and returns the shared arrays as an
-    ``Update``. ``distill_weight`` adds a global→local distillation term between the codes of
-    the round's starting model (the global arrays plus this client's local ones) and the local
-    codes (``distill``: cosine or kl)."""
+    ``Update``. ``distill_weight`` adds a global→local distillation term between the
+    representations (codes, or the supervised head's embeddings) of the round's starting model
+    (the global arrays plus this client's local ones) and the local ones (``distill``: cosine or kl)."""
 
-    def __init__(self, name: str, data: FeatureSet, model: SiteModel, *, local_steps: int, batch_size: int,
-                 table: torch.Tensor | None = None, distill_weight: float = 0.0, distill: str = "cosine"):
+    def __init__(self, name: str, data: FeatureSet, model: SiteModel | SupervisedModel, *, local_steps: int,
+                 batch_size: int, table: torch.Tensor | None = None, distill_weight: float = 0.0,
+                 distill: str = "cosine"):
         self.name, self.data, self.model = name, data, model
         self.local_steps, self.batch_size = local_steps, batch_size
         self.table = knn_table(data.descriptors) if table is None else table
@@ -53,8 +55,8 @@ class Client:
             total = strategy.client_penalty({f"head.{k}": p for k, p in h.named_parameters()}, anchor)
             if reference is not None:
                 with torch.no_grad():
-                    target = reference(feats)
-                    before = previous(feats) if previous is not None else None
+                    target = reference.representation(feats)
+                    before = previous.representation(feats) if previous is not None else None
                 if before is not None:
                     total = total + strategy.client_contrast(code, target, before)
                 if self.distill_weight > 0:
@@ -69,7 +71,7 @@ class Client:
                       {"loss": sum(losses) / len(losses)})
 
     def evaluate(self, data: FeatureSet, num_classes: int) -> dict:
-        return scores(self.model.confusion(data, num_classes))
+        return scores(self.model.confusion(data, num_classes), self.model.matching)
 
     def state(self, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
         """Everything needed to resume this client, tensors into ``tensors``; returns the JSON part."""

@@ -190,8 +190,8 @@ def main(grid: Grid, context: Context) -> None:
         if server_round == 0:
             return None
         global_model.load_arrays(flower.current)
-        record = {"round": server_round, "global": scores(global_model.confusion(setup.shared, K)),
-                  "clients": {}, **flower.pending}
+        global_scores = scores(global_model.confusion(setup.shared, K), global_model.matching)
+        record = {"round": server_round, "global": global_scores, "clients": {}, **flower.pending}
         flower.history.append(record)
         tensors = {f"global/{k}": v for k, v in flower.current.items()}
         save_checkpoint(out_dir / "checkpoint", server_round, tensors,

@@ -13,7 +13,7 @@ import torch
 from fussfast.fed.checkpoint import load_checkpoint, save_checkpoint
 from fussfast.fed.client import Client, scores
 from fussfast.fed.strategy import Strategy, check_update
-from fussfast.pipeline import FeatureSet, SiteModel
+from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
 
 
 class Federation:
@@ -35,8 +35,8 @@ class Federation:
     on after the last one and reaches the same results as an uninterrupted run.
     """
 
-    def __init__(self, clients: dict[str, Client], strategy: Strategy, global_model: SiteModel, *,
-                 sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
+    def __init__(self, clients: dict[str, Client], strategy: Strategy, global_model: SiteModel | SupervisedModel,
+                 *, sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
                  generator: torch.Generator, min_clients: int = 1, clients_per_round: int = 0,
                  fraction: float = 1.0, checkpoint_dir: str | Path | None = None, meta: dict | None = None,
                  after_round=None):
@@ -108,7 +108,7 @@ class Federation:
               f"acc {record['global']['acc']:.1f}", file=sys.stderr)
         return record
 
-    def models(self) -> dict[str, SiteModel]:
+    def models(self) -> dict[str, SiteModel | SupervisedModel]:
         """The models scored: ``{"global": …}``, or when personalized every client's model with the
         global arrays loaded over its shared ones."""
         if not self.personalized:
@@ -122,9 +122,11 @@ class Federation:
     def evaluate(self) -> dict:
         models = self.models()
         only = next(iter(models.values())) if len(models) == 1 else None
-        site_scores = {name: scores((models.get(name) or only).confusion(data, self.num_classes))
-                       for name, data in self.sites.items()}
-        per_model = [scores(m.confusion(self.shared, self.num_classes)) for m in models.values()]
+        def score(model, data):
+            return scores(model.confusion(data, self.num_classes), model.matching)
+
+        site_scores = {name: score(models.get(name) or only, data) for name, data in self.sites.items()}
+        per_model = [score(m, self.shared) for m in models.values()]
         global_scores = {k: sum(s[k] for s in per_model) / len(per_model) for k in ("miou", "acc")}
         return {"global": global_scores, "clients": site_scores}
 

@@ -10,7 +10,7 @@ class SegmentationHead(nn.Module):
     """``code = lin(drop(f)) + mlp(drop(f))``: ``lin = Conv1x1(C→D)``,
     ``mlp = Conv1x1(C→C) → ReLU → Conv1x1(C→D)``, ``Dropout2d(0.1)`` on the features.
 
-    Takes the frozen backbone's features in any dtype and computes in float32.
+    Takes the frozen backbone's features in any dtype and computes in its own (float32 unless converted).
     """
 
     def __init__(self, in_dim: int, code_dim: int = 70, dropout: float = 0.1):
@@ -20,8 +20,36 @@ class SegmentationHead(nn.Module):
         self.mlp = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, code_dim, 1))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        f = self.dropout(feats.float())
+        f = self.dropout(feats.to(self.lin.weight.dtype))
         return self.lin(f) + self.mlp(f)
+
+    def representation(self, feats: torch.Tensor) -> torch.Tensor:
+        """What MOON and distillation compare between models: the code."""
+        return self(feats)
+
+
+class SupervisedHead(nn.Module):
+    """FedSeg's head on frozen features: ``logits = lin(f) + cls(trunk(f))`` (K classes) and the
+    projection ``embed = proj(trunk(f))`` (``embed_dim``, 256 as in FedSeg) for the
+    pixel-to-region contrast. ``trunk = Conv1x1(C→C) → ReLU`` is shared: the backbone is frozen,
+    so the contrast can only shape the classifier through it. Computes in its own dtype."""
+
+    def __init__(self, in_dim: int, num_classes: int, embed_dim: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout2d(dropout)
+        self.lin = nn.Conv2d(in_dim, num_classes, 1)
+        self.trunk = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU())
+        self.cls = nn.Conv2d(in_dim, num_classes, 1)
+        self.proj = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, embed_dim, 1))
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.dropout(feats.to(self.lin.weight.dtype))
+        h = self.trunk(f)
+        return self.lin(f) + self.cls(h), self.proj(h)
+
+    def representation(self, feats: torch.Tensor) -> torch.Tensor:
+        """What MOON and distillation compare between models: the projection embedding."""
+        return self(feats)[1]
 
 
 def knn_table(descriptors: torch.Tensor, k: int = 30) -> torch.Tensor:
