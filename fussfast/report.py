@@ -23,10 +23,11 @@ def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fu
     loaded = {label: _load(Path(d)) for label, d in runs.items()}
     first = next(iter(loaded.values()))["metrics"]
     parts = [f"<h1>{html.escape(title)}</h1>", _setup(first), "<h2>Final results</h2>", _final_table(loaded),
-             "<h2>mIoU per round</h2>", _round_charts(loaded),
-             "<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded),
-             "<h2>Sample predictions</h2>", _samples(loaded),
-             "<h2>Communication per round</h2>", _communication(loaded)]
+             "<h2>mIoU per round</h2>", _round_charts(loaded)]
+    if any(r["samples"] is not None and "centroid_distance" in r["samples"] for r in loaded.values()):
+        parts += ["<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded)]
+    parts += ["<h2>Sample predictions</h2>", _samples(loaded), "<h2>Communication per round</h2>",
+              _communication(loaded)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = Path(path)
@@ -52,13 +53,19 @@ def _load(run_dir: Path) -> dict:
 def _setup(m: dict) -> str:
     c = m["config"]
     d, f, t = c["data"], c["fed"], c["train"]
+    supervised = c.get("task") == "supervised"
+    if d["split"] == "class-erased":
+        skew = f"class-erased (classes annotated per site: {d['classes_per_site']})"
+    else:
+        skew = f"label skew α={d['alpha']}"
+    scoring = ("Scores are supervised (each predicted class is taken as it is)." if supervised
+               else "Scores are unsupervised (clusters matched to classes by the Hungarian method).")
     return (f"<p class='note'>Data: {d['kind']}, {d['sites']} sites × {d['images_per_site']} images at "
-            f"{d['image_size']}px, {d['num_classes']} classes, label skew α={d['alpha']}; shared evaluation set "
+            f"{d['image_size']}px, {d['num_classes']} classes, {skew}; shared evaluation set "
             f"of {d['eval_images']} images. Backbone {html.escape(c['model']['backbone'])} "
             f"({c['model']['weights']} weights, {c['model']['precision']}). {f['rounds']} rounds × "
             f"{t['local_steps']} local steps, backend {t['backend']}, device {m['device']}, seed {c['seed']}. "
-            f"Majority-class baseline mIoU {m['baseline']['majority']['miou']:.1f}. Scores are unsupervised "
-            f"(clusters matched to classes by the Hungarian method).</p>")
+            f"Majority-class baseline mIoU {m['baseline']['majority']['miou']:.1f}. {scoring}</p>")
 
 
 def _final_table(runs: dict) -> str:

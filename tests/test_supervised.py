@@ -210,10 +210,11 @@ def test_backce_beats_ce_under_class_erasure(tmp_path):
     """FedSeg's claim on the built-in data: six sites that each annotate one class, three sampled
     per round, FedAvg. Plain CE only sees a site's own class and drifts towards it; BackCE sends
     the unlabelled pixels to the classes the site does not annotate. Measured on this config
-    (seeds 0, 1, 2): CE 41.5/…/…, BackCE 68.4/…/… global mIoU; the test keeps a margin of 10."""
+    (seeds 0, 1, 2): CE 41.5 / 44.2 / 35.0, BackCE 68.4 / 92.3 / 92.6 global mIoU; the test runs
+    seed 0 and keeps a margin of 20 of the 26.9 seen."""
     scores = {}
     for objective in ("ce", "backce"):
         config = load_config("examples/fedseg.toml", [f"loss.objective=\"{objective}\"",
                                                       f"cache_dir=\"{tmp_path / 'cache'}\""])
         scores[objective] = run(config, tmp_path / objective)["final"]["global"]["miou"]
-    assert scores["backce"] > scores["ce"] + 10, scores
+    assert scores["backce"] > scores["ce"] + 20, scores
