@@ -117,10 +117,14 @@ def test_checkpoint_skeleton_round_trip():
         flatten({"a": object()}, "x", {})
 
 
-@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local"])
+@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
-    extra = [f"fed.strategy=\"{strategy}\"", "fed.rounds=3", "fed.clients_per_round=2" if strategy != "local" else ""]
-    config = tiny(tmp_path, *[e for e in extra if e])
+    extra = [f"fed.strategy=\"{strategy.removeprefix('supervised-')}\"", "fed.rounds=3"]
+    if strategy != "local":
+        extra.append("fed.clients_per_round=2")
+    if strategy.startswith("supervised"):  # BackCE + contrast: the region memory is rebuilt each round
+        extra += ["task=\"supervised\"", "data.split=\"class-erased\""]
+    config = tiny(tmp_path, *extra)
     whole = run(config, tmp_path / "whole")
 
     from fussfast.fed.loop import Federation
