@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from fussfast.eval import confusion_matrix
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss, RegionContrast
 from fussfast.model import ClusterProbe, FrozenBackbone, SegmentationHead, SupervisedHead, draw_positives
-from fussfast.ops import back_ce
 from fussfast.model.cache import FeatureCache
+from fussfast.ops import back_ce
 
 
 @dataclass
