@@ -90,3 +90,21 @@ def test_site_mask_and_bad_input():
         back_ce(logits, labels, torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="same pixels"):
         back_ce(logits, labels[:, :2], site)
+
+
+@pytest.mark.parametrize("gap", [30.0, 80.0, 150.0, 800.0])
+def test_absent_classes_far_below_the_max(device, gap):
+    """Unlabelled pixels whose absent classes lie ``gap`` below the best present one: the CPU
+    kernel's shared-max sums lose them past about 57 (float32) and redo those pixels exactly."""
+    logits, labels, present = inputs(2, 7, 5, 6, device, seed=int(gap))
+    logits = torch.where(present[:, :, None, None], logits + gap, logits)
+    ref_x = logits.clone().requires_grad_()
+    ref = back_ce_reference(ref_x, labels, present, reduction="none")
+    ref.sum().backward()
+    for dtype in (torch.float32, torch.float64):
+        x = logits.to(dtype).clone().requires_grad_()
+        loss = back_ce(x, labels, present, reduction="none")
+        loss.sum().backward()
+        tol = 2e-7 * (gap + 10) if dtype == torch.float32 else 1e-10  # float32 logits of size gap
+        torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=tol, atol=tol)

@@ -2,7 +2,7 @@
 // contiguous pixels of one class plane, so the loops vectorize (the file is built with
 // -fno-trapping-math so that the selects do too); float32 uses a polynomial exp that vectorizes
 // (std::exp does not) and is built for AVX2 too; float64 uses std::exp. Same formulas as pixel() in
-// back_ce.h, which the CUDA kernel uses.
+// back_ce.h, which the CUDA kernel uses and which redoes the rare pixels this path cannot.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -47,63 +47,76 @@ inline float log_positive(float x) {
 }
 inline double log_positive(double x) { return std::log(x); }
 
+// Below this the absent classes' sum relative to the overall max has lost precision (float32
+// exps are clamped at exp(-87)); such pixels are redone exactly by pixel().
+template <class A> constexpr A kTinySum = A(1e-25);
+template <> constexpr double kTinySum<double> = 1e-250;
+
 // One block of n <= kTileP pixels of one image: x [K][P] from the block's first pixel, labels y,
-// the image's present mask pr; writes out[n] and, when g is set, g [K][P].
+// the image's present mask pr; writes out[n] and, when g is set, g [K][P]. One exp per logit and
+// pass: the absent sum reuses the overall max, and exp(x - lsa) = exp(x - lse) * s / sa.
 template <class A>
 [[gnu::always_inline]] inline void block(const A* x, const int64_t* y, const int32_t* pr, int64_t ignore_index,
                                          int64_t K, int64_t P, int64_t n, A* out, A* g) {
-  A m[kTileP], ma[kTileP], s[kTileP], sa[kTileP], lse[kTileP], lsa[kTileP];
+  A m[kTileP], s[kTileP], sa[kTileP], lse[kTileP], ratio[kTileP];
   A label[kTileP], unlabelled[kTileP];  // as floats (-1 / 1 when unlabelled): vectorizable
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   bool any_absent = false;
-  for (int64_t p = 0; p < n; ++p) m[p] = ma[p] = kNegInf, s[p] = sa[p] = A(0);
+  for (int64_t k = 0; k < K; ++k) any_absent |= !pr[k];
+  for (int64_t p = 0; p < n; ++p) m[p] = kNegInf, s[p] = sa[p] = A(0);
   for (int64_t k = 0; k < K; ++k) {
     const A* xk = x + k * P;
-    if (pr[k]) {
-      for (int64_t p = 0; p < n; ++p) m[p] = std::max(m[p], xk[p]);
-    } else {
-      any_absent = true;
-      for (int64_t p = 0; p < n; ++p) m[p] = std::max(m[p], xk[p]), ma[p] = std::max(ma[p], xk[p]);
-    }
+    for (int64_t p = 0; p < n; ++p) m[p] = std::max(m[p], xk[p]);
   }
   for (int64_t k = 0; k < K; ++k) {
     const A* xk = x + k * P;
     if (pr[k]) {
       for (int64_t p = 0; p < n; ++p) s[p] += exp_nonpositive(xk[p] - m[p]);
     } else {
-      for (int64_t p = 0; p < n; ++p)
-        s[p] += exp_nonpositive(xk[p] - m[p]), sa[p] += exp_nonpositive(xk[p] - ma[p]);
+      for (int64_t p = 0; p < n; ++p) {
+        const A e = exp_nonpositive(xk[p] - m[p]);
+        s[p] += e, sa[p] += e;
+      }
     }
   }
+  bool redo = false;  // an unlabelled pixel whose absent sum is too small for this path
   for (int64_t p = 0; p < n; ++p) {
-    lse[p] = m[p] + log_positive(s[p]);
-    lsa[p] = any_absent ? ma[p] + log_positive(sa[p]) : A(0);
+    const A log_s = log_positive(s[p]);
     const bool labelled = y[p] != ignore_index;
+    const bool tiny = sa[p] < kTinySum<A>;
     const A picked = x[(labelled ? y[p] : 0) * P + p];  // always a valid read, so no branch
+    lse[p] = m[p] + log_s;
     label[p] = labelled ? A(y[p]) : A(-1);
     unlabelled[p] = labelled ? A(0) : A(1);
-    out[p] = labelled ? lse[p] - picked : any_absent ? lse[p] - lsa[p] : A(0);
+    ratio[p] = tiny ? A(0) : s[p] / sa[p];  // exp(lse - lsa)
+    out[p] = labelled ? lse[p] - picked : any_absent ? log_s - log_positive(tiny ? A(1) : sa[p]) : A(0);
+    redo |= any_absent && !labelled && tiny;
   }
-  if (!g) return;
-  for (int64_t k = 0; k < K; ++k) {
-    const A* xk = x + k * P;
-    A* gk = g + k * P;
-    // labelled: e - [k == y]; unlabelled: e minus the background share of an absent class
-    // (e when no class is absent: nothing counted). One branch-free loop per case.
-    if (!any_absent) {
-      for (int64_t p = 0; p < n; ++p) {
-        const A e = exp_nonpositive(xk[p] - lse[p]);
-        gk[p] = e - (label[p] == A(k) ? A(1) : A(0)) - unlabelled[p] * e;
+  if (g) {
+    for (int64_t k = 0; k < K; ++k) {
+      const A* xk = x + k * P;
+      A* gk = g + k * P;
+      // labelled: e - [k == y]; unlabelled: e minus the background share of an absent class
+      // (e when no class is absent: nothing counted). One branch-free loop per case.
+      if (!any_absent) {
+        for (int64_t p = 0; p < n; ++p) {
+          const A e = exp_nonpositive(xk[p] - lse[p]);
+          gk[p] = e - (label[p] == A(k) ? A(1) : A(0)) - unlabelled[p] * e;
+        }
+      } else if (pr[k]) {
+        for (int64_t p = 0; p < n; ++p)
+          gk[p] = exp_nonpositive(xk[p] - lse[p]) - (label[p] == A(k) ? A(1) : A(0));
+      } else {
+        for (int64_t p = 0; p < n; ++p) {
+          const A e = exp_nonpositive(xk[p] - lse[p]);
+          gk[p] = e - (label[p] == A(k) ? A(1) : A(0)) - unlabelled[p] * e * ratio[p];
+        }
       }
-    } else if (pr[k]) {
-      for (int64_t p = 0; p < n; ++p)
-        gk[p] = exp_nonpositive(xk[p] - lse[p]) - (label[p] == A(k) ? A(1) : A(0));
-    } else {
-      for (int64_t p = 0; p < n; ++p)
-        gk[p] = exp_nonpositive(xk[p] - lse[p]) - (label[p] == A(k) ? A(1) : A(0)) -
-                unlabelled[p] * exp_nonpositive(xk[p] - lsa[p]);
     }
   }
+  if (!redo) return;
+  for (int64_t p = 0; p < n; ++p)
+    if (y[p] == ignore_index && sa[p] < kTinySum<A>) out[p] = pixel(x + p, P, K, int64_t(-1), pr, g ? g + p : nullptr);
 }
 
 // float32: built for AVX2 and for the baseline, picked at load time (GCC function clones).
