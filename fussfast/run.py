@@ -1,6 +1,6 @@
-"""``fussfast run``: a federation from a config. Besides the federated strategies, the FUSS
-paper's baselines: ``centralized`` (one site holds all the data) and ``local`` (every site
-trains alone)."""
+"""``fussfast run``: a federation from a config, unsupervised (FUSS) or supervised (FedSeg,
+``task = "supervised"``). Besides the federated strategies, the FUSS paper's baselines:
+``centralized`` (one site holds all the data) and ``local`` (every site trains alone)."""
 
 from __future__ import annotations
 
