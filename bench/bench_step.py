@@ -4,7 +4,9 @@ references (``backend="fused"`` vs ``"reference"``), on the same cached-feature 
 Step: a SiteModel step (head forward on the batch and its kNN positives, correspondence loss,
 cluster probe, backward, Adam) on ViT-S/8 features (C=384) at 28x28 (224 px) and 40x40 (320 px),
 B=8, code dim 70, K=27. Round: 3 clients x 10 local steps, then FedCC-kMeans aggregation.
-Without --benchmark-enable only the 28x28 step runs, once.
+Supervised (FedSeg) local round: the region memory of 32 images, then 10 steps of BackCE at
+224x224 labels + pixel-to-region contrast, K=19, a site annotating 2 classes.
+Without --benchmark-enable the 28x28 step and one supervised step run, once.
 """
 
 import pytest
@@ -14,7 +16,7 @@ from _common import record, sync_for
 from fussfast.fed import make_strategy
 from fussfast.fed.client import Client
 from fussfast.losses import CorrespondenceConfig
-from fussfast.pipeline import FeatureSet, SiteModel
+from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
 
 C, D, K, B = 384, 70, 27, 8
 
@@ -69,3 +71,31 @@ def bench_round(benchmark, device, method):
     record(benchmark, op="round", device=device, case=f"3 clients x 10 steps, B={B} 28x28, FedCC-kMeans",
            method=method, mode="forward_backward", dtype=torch.float32)
     benchmark.pedantic(one_round, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("method", ["fused", "reference"])
+def bench_supervised_round(benchmark, device, method):
+    n, side, size, classes = 32, 28, 224, 19
+    g = torch.Generator().manual_seed(0)
+    data = FeatureSet(torch.randn(n, C, side, side, generator=g).half(), torch.zeros(n, C),
+                      torch.randint(0, classes, (n, size // 16, size // 16), generator=g)
+                      .repeat_interleave(16, 1).repeat_interleave(16, 2))  # 16x16-pixel label blocks
+    data.labelled = torch.zeros(n, classes, dtype=torch.bool)
+    data.labelled[:, :2] = True
+    torch.manual_seed(0)
+    model = SupervisedModel(C, classes, objective="backce+contrast", backend=method, device=device)
+    steps = 10 if not benchmark.disabled else 1
+    client = Client("a", data, model, local_steps=steps, batch_size=B, table=torch.zeros(n, 1, dtype=torch.int64))
+    strategy, sync = make_strategy("fedavg"), sync_for(device)
+    arrays = model.arrays()
+    generator = torch.Generator().manual_seed(0)
+
+    def local_round():
+        client.fit(arrays, strategy, generator)
+        sync()
+
+    local_round()  # warm-up
+    record(benchmark, op="supervised_round", device=device,
+           case=f"memory of {n} images + {steps} steps, B={B} {side}x{side} -> {size}x{size}, K={classes}",
+           method=method, mode="forward_backward", dtype=torch.float32)
+    benchmark.pedantic(local_round, rounds=5, iterations=1, warmup_rounds=0)
