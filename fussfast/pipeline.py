@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fussfast.eval import confusion_matrix
+from fussfast.eval import confusion_matrix, scores
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss, RegionContrast
 from fussfast.model import ClusterProbe, FrozenBackbone, SegmentationHead, SupervisedHead, draw_positives
 from fussfast.model.cache import FeatureCache
@@ -102,6 +102,10 @@ class _Model:
             labels = self.predict(data.features[b:b + batch_size], flipped, masks.shape[-2:])
             total += confusion_matrix(labels, masks.to(self.device), num_classes, num_classes).cpu()
         return total
+
+    def scores(self, data: FeatureSet, num_classes: int) -> dict:
+        """mIoU and accuracy on ``data``, predictions mapped to classes by ``matching``."""
+        return scores(self.confusion(data, num_classes), self.matching)
 
 
 class SiteModel(_Model):

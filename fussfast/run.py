@@ -21,9 +21,9 @@ from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, clas
                                     dirichlet_split, erased_site_classes, folder_federation)
 from fussfast.config import ConfigError
 from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
-from fussfast.eval import hungarian_scores
+from fussfast.eval import hungarian_scores, scores
 from fussfast.fed import Strategy, make_strategy
-from fussfast.fed.client import Client, scores
+from fussfast.fed.client import Client
 from fussfast.fed.loop import Federation
 from fussfast.losses import CorrespondenceConfig, RegionContrast
 from fussfast.model import FrozenBackbone, knn_table
@@ -67,10 +67,8 @@ def make_data(data: dict, seed: int):
         evaluation = cityscapes27(data["root"], "val", eval_size, num_classes=K)
         if erased:
             train = cityscapes27(data["root"], "train", size, five_crop=five, num_classes=K)
-            parts = class_erased_split([train.classes(i) for i in range(0, len(train), train.crops)], labelled, seed)
-            crops = train.crops
-            sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
-                     for s, idx in enumerate(parts)}
+            image_classes = [train.classes(i) for i in range(0, len(train), train.crops)]
+            sites = _image_sites(train, class_erased_split(image_classes, labelled, seed))
         else:
             sites = cityscapes_sites(data["root"], data["split"], size, five, num_classes=K)
     else:
@@ -78,10 +76,7 @@ def make_data(data: dict, seed: int):
         masks = (full[i][1] for i in range(len(full)))
         dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
         parts = dirichlet_split(dominant, data["sites"], data["alpha"] or 1e6, seed)
-        train = cocostuff27(data["root"], "train", size, five)
-        crops = 5 if five else 1
-        sites = {f"site{s}": Subset(f"site{s}", train, [i * crops + c for i in idx for c in range(crops)])
-                 for s, idx in enumerate(parts) if len(idx)}
+        sites = {k: v for k, v in _image_sites(cocostuff27(data["root"], "train", size, five), parts).items() if len(v)}
         evaluation = cocostuff27(data["root"], "val", eval_size)
     if labelled is not None:
         empty = [name for name, ds in sites.items() if len(ds) == 0]
@@ -89,6 +84,12 @@ def make_data(data: dict, seed: int):
             raise ConfigError(f"class-erased split: no image contains the classes of {empty}")
         labelled = dict(zip(sites, labelled))
     return sites, evaluation, labelled
+
+
+def _image_sites(train, parts) -> dict:
+    """``site<s>``: the items of the images ``parts[s]`` of ``train`` (all five crops of each)."""
+    return {f"site{s}": Subset(f"site{s}", train, [i * train.crops + c for i in idx for c in range(train.crops)])
+            for s, idx in enumerate(parts)}
 
 
 @dataclass

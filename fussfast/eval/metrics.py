@@ -49,6 +49,13 @@ def hungarian_scores(confusion: torch.Tensor) -> Scores:
     return _scores(hist, assignment)
 
 
+def scores(confusion: torch.Tensor, matching: str = "hungarian") -> dict:
+    """``{"miou", "acc"}`` with clusters matched to classes (``hungarian``) or taken as they are
+    (``identity``, supervised)."""
+    s = hungarian_scores(confusion) if matching == "hungarian" else identity_scores(confusion)
+    return {"miou": s.miou, "acc": s.acc}
+
+
 def identity_scores(confusion: torch.Tensor) -> Scores:
     """Scores of a supervised model: predicted class k is class k (a square confusion matrix)."""
     if confusion.shape[0] != confusion.shape[1]:

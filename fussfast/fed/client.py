@@ -6,18 +6,11 @@ import copy
 
 import torch
 
-from fussfast.eval import hungarian_scores, identity_scores
 from fussfast.fed.checkpoint import flatten, unflatten
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
 from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
-
-
-def scores(confusion: torch.Tensor, matching: str = "hungarian") -> dict:
-    """mIoU and accuracy with clusters matched to classes (``hungarian``) or as they are (``identity``)."""
-    s = hungarian_scores(confusion) if matching == "hungarian" else identity_scores(confusion)
-    return {"miou": s.miou, "acc": s.acc}
 
 
 class Client:
@@ -71,7 +64,7 @@ class Client:
                       {"loss": sum(losses) / len(losses)})
 
     def evaluate(self, data: FeatureSet, num_classes: int) -> dict:
-        return scores(self.model.confusion(data, num_classes), self.model.matching)
+        return self.model.scores(data, num_classes)
 
     def state(self, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
         """Everything needed to resume this client, tensors into ``tensors``; returns the JSON part."""

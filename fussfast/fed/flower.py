@@ -32,7 +32,6 @@ from flwr.serverapp.strategy import FedAvg
 
 from fussfast.config import load_config
 from fussfast.fed.checkpoint import save_checkpoint
-from fussfast.fed.client import scores
 from fussfast.fed.strategy import Strategy, Update, check_update
 
 SITE, CLIENT_STATE = "site", "fussfast-client"
@@ -190,8 +189,8 @@ def main(grid: Grid, context: Context) -> None:
         if server_round == 0:
             return None
         global_model.load_arrays(flower.current)
-        global_scores = scores(global_model.confusion(setup.shared, K), global_model.matching)
-        record = {"round": server_round, "global": global_scores, "clients": {}, **flower.pending}
+        record = {"round": server_round, "global": global_model.scores(setup.shared, K), "clients": {},
+                  **flower.pending}
         flower.history.append(record)
         tensors = {f"global/{k}": v for k, v in flower.current.items()}
         save_checkpoint(out_dir / "checkpoint", server_round, tensors,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from fussfast.fed.checkpoint import load_checkpoint, save_checkpoint
-from fussfast.fed.client import Client, scores
+from fussfast.fed.client import Client
 from fussfast.fed.strategy import Strategy, check_update
 from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
 
@@ -122,11 +122,9 @@ class Federation:
     def evaluate(self) -> dict:
         models = self.models()
         only = next(iter(models.values())) if len(models) == 1 else None
-        def score(model, data):
-            return scores(model.confusion(data, self.num_classes), model.matching)
-
-        site_scores = {name: score(models.get(name) or only, data) for name, data in self.sites.items()}
-        per_model = [score(m, self.shared) for m in models.values()]
+        site_scores = {name: (models.get(name) or only).scores(data, self.num_classes)
+                       for name, data in self.sites.items()}
+        per_model = [m.scores(self.shared, self.num_classes) for m in models.values()]
         global_scores = {k: sum(s[k] for s in per_model) / len(per_model) for k in ("miou", "acc")}
         return {"global": global_scores, "clients": site_scores}
 
