@@ -1,16 +1,50 @@
 # Shared by tests/ and bench/.
+import importlib
+import sys
+import zlib
+from pathlib import Path
+
 import pytest
 import torch
 
 import fussfast
 
+sys.path.insert(0, str(Path(__file__).parent / "tests"))
+import simt_build  # noqa: E402
 
-@pytest.fixture(params=["cpu", "cuda"])
+# The modules whose kernels the "simt" device reroutes to the emulator.
+OP_MODULES = ("back_ce", "cluster", "correlation", "kmeans", "maximin", "region_pool")
+
+
+@pytest.fixture(scope="session")
+def simt_kernels():
+    """The SIMT emulation module: the CUDA kernels run on the CPU with their checks on."""
+    simt_build.build("_C_simt")
+    return simt_build.load("kernels")
+
+
+@pytest.fixture(params=["cpu", "cuda", "simt"])
 def device(request):
-    """Every kernel test runs on the CPU and, where a GPU and the CUDA kernels exist, on CUDA."""
+    """Every kernel test runs on the CPU, under the SIMT emulator of the CUDA kernels (CPU
+    tensors, CUDA code), and, where a GPU and the CUDA kernels exist, on CUDA."""
     if request.param == "cuda" and not fussfast.cuda_available():
         pytest.skip("needs a CUDA device and a CUDA build of fussfast")
+    if request.param == "simt":
+        if request.node.get_closest_marker("no_simt"):
+            pytest.skip(request.node.get_closest_marker("no_simt").args[0])
+        module = request.getfixturevalue("simt_kernels")
+        patch = request.getfixturevalue("monkeypatch")
+        for name in OP_MODULES:
+            patch.setattr(importlib.import_module(f"fussfast.ops.{name}"), "_C", module)
+        # each case its own schedule, and both guard-page placements across the suite
+        seed = zlib.crc32(request.node.nodeid.encode())
+        module.simt_configure(seed=seed, placement="end" if seed % 2 else "start")
+        return torch.device("cpu")
     return torch.device(request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_simt(reason): not run under the SIMT emulator")
 
 
 def pytest_sessionfinish(session, exitstatus):

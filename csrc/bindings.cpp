@@ -26,6 +26,12 @@
 #ifdef FUSSFAST_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
+#ifdef FUSSFAST_SIMT
+#include "staging.h"  // csrc/testing/simt: CPU tensors run the CUDA code under the emulator
+#endif
+#ifndef FUSSFAST_MODULE_NAME
+#define FUSSFAST_MODULE_NAME _C
+#endif
 
 namespace nb = nanobind;
 using namespace fussfast;
@@ -72,6 +78,9 @@ Tensor view(const std::string& op, const std::string& name, const Array& a) {
       fail(op, name + " must be C-contiguous");
     expected *= t.shape[i];
   }
+#ifdef FUSSFAST_SIMT
+  simt::stage(name, t);
+#endif
   return t;
 }
 
@@ -111,6 +120,10 @@ DType accumulation(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; 
 // Runs cpu() or cuda() for the device of t.
 template <class Cpu, class Cuda>
 void on_device(const std::string& op, const Tensor& t, Cpu cpu, Cuda cuda) {
+#ifdef FUSSFAST_SIMT
+  (void)op, (void)t, (void)cpu;
+  return cuda();
+#endif
   if (t.device == Device::cpu) return cpu();
 #ifdef FUSSFAST_WITH_CUDA
   return cuda();
@@ -276,6 +289,7 @@ void back_ce_forward(In logits_a, In labels_a, In present_a, int64_t ignore_inde
   expect(logits.dtype == DType::f32 || logits.dtype == DType::f64, op, "logits must be float32 or float64");
   expect(logits.ndim >= 2, op, "logits must be [B, K, ...]");
   const int64_t B = logits.size(0), K = logits.size(1), P = logits.inner(2);
+  expect(K >= 1, op, "logits must have at least one class");
   expect_dtype(op, "labels", labels, DType::i64);
   expect(labels.numel() == B * P && labels.size(0) == B, op, "labels must be [B, ...] with the logits' pixels");
   expect_dtype(op, "present", present, DType::i32);
@@ -370,7 +384,7 @@ void correlation_forward(In f1_a, In f2_a, In z1_a, In z2_a, In inv1, In inv2, I
   expect_dtype(op, "loss", loss, acc);
   expect_shape(op, "loss", loss, {s.B});
   expect(gz1_a.has_value() == gz2_a.has_value(), op, "pass both code gradients or neither");
-  std::vector<const Tensor*> all{&f1, &f2, &z1, &z2, &bias, &loss, &st.inv1};
+  std::vector<const Tensor*> all{&f1, &f2, &z1, &z2, &bias, &loss, &st.inv1, &st.inv2, &st.off1, &st.pair_mean, &st.centre};
   correlation::Grads grads;
   if (gz1_a) {
     grads = {view(op, "grad_codes1", *gz1_a), view(op, "grad_codes2", *gz2_a)};
@@ -397,7 +411,7 @@ void correlation_forward(In f1_a, In f2_a, In z1_a, In z2_a, In inv1, In inv2, I
 
 Tensor check_points(const std::string& op, In points_a) {
   Tensor x = view(op, "points", points_a);
-  expect(x.ndim == 2 && x.size(0) > 0, op, "points must be a non-empty [M, D] array");
+  expect(x.ndim == 2 && x.size(0) > 0 && x.size(1) > 0, op, "points must be a non-empty [M, D] array with D >= 1");
   expect(x.dtype == DType::f32 || x.dtype == DType::f64, op, "points must be float32 or float64");
   return x;
 }
@@ -495,38 +509,47 @@ nb::dict build_info() {
 
 }  // namespace
 
-NB_MODULE(_C, m) {
+#ifdef FUSSFAST_SIMT
+#define FF_BIND(F) &simt::Staged<&F>::call
+#else
+#define FF_BIND(F) &F
+#endif
+
+NB_MODULE(FUSSFAST_MODULE_NAME, m) {
   m.doc() = "fussfast compiled kernels (CPU, and CUDA when built with nvcc)";
+#ifdef FUSSFAST_SIMT
+  simt::bind_controls(m);
+#endif
   m.def("build_info", &build_info, "Version, CUDA and OpenMP facts of this build.");
-  m.def("kmeans", &run_kmeans, nb::arg("points").noconvert(), nb::arg("weights").noconvert().none(),
+  m.def("kmeans", FF_BIND(run_kmeans), nb::arg("points").noconvert(), nb::arg("weights").noconvert().none(),
         nb::arg("k"), nb::arg("n_init"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("seed"),
         nb::arg("cosine"), nb::arg("centroids").noconvert(), nb::arg("labels").noconvert(),
         nb::arg("stream"));
-  m.def("maximin", &run_maximin, nb::arg("points").noconvert(), nb::arg("cosine"), nb::arg("start"),
+  m.def("maximin", FF_BIND(run_maximin), nb::arg("points").noconvert(), nb::arg("cosine"), nb::arg("start"),
         nb::arg("indices").noconvert(), nb::arg("stream"));
-  m.def("region_pool_forward", &region_pool_forward, nb::arg("embeddings").noconvert(),
+  m.def("region_pool_forward", FF_BIND(region_pool_forward), nb::arg("embeddings").noconvert(),
         nb::arg("labels").noconvert(), nb::arg("acc").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("means").noconvert(), nb::arg("regions").noconvert(), nb::arg("status").noconvert(),
         nb::arg("ignore_index"), nb::arg("normalize"), nb::arg("stream"));
-  m.def("back_ce_forward", &back_ce_forward, nb::arg("logits").noconvert(), nb::arg("labels").noconvert(),
+  m.def("back_ce_forward", FF_BIND(back_ce_forward), nb::arg("logits").noconvert(), nb::arg("labels").noconvert(),
         nb::arg("present").noconvert(), nb::arg("ignore_index"), nb::arg("loss").noconvert(),
         nb::arg("grad").noconvert().none(), nb::arg("stream"));
-  m.def("cluster_forward", &cluster_forward, nb::arg("codes").noconvert(),
+  m.def("cluster_forward", FF_BIND(cluster_forward), nb::arg("codes").noconvert(),
         nb::arg("centroids").noconvert(), nb::arg("alpha"), nb::arg("probs").noconvert().none(),
         nb::arg("labels").noconvert().none(), nb::arg("total").noconvert().none(),
         nb::arg("grad_codes").noconvert().none(), nb::arg("grad_centroids").noconvert().none(),
         nb::arg("stream"));
-  m.def("correlation_stats", &correlation_stats, nb::arg("feats1").noconvert(),
+  m.def("correlation_stats", FF_BIND(correlation_stats), nb::arg("feats1").noconvert(),
         nb::arg("feats2").noconvert(), nb::arg("inv1").noconvert(), nb::arg("inv2").noconvert(),
         nb::arg("off1").noconvert(), nb::arg("pair_mean").noconvert(), nb::arg("centre").noconvert(),
         nb::arg("pointwise"), nb::arg("stream"));
-  m.def("correlation_forward", &correlation_forward, nb::arg("feats1").noconvert(),
+  m.def("correlation_forward", FF_BIND(correlation_forward), nb::arg("feats1").noconvert(),
         nb::arg("feats2").noconvert(), nb::arg("codes1").noconvert(), nb::arg("codes2").noconvert(),
         nb::arg("inv1").noconvert(), nb::arg("inv2").noconvert(), nb::arg("off1").noconvert(),
         nb::arg("pair_mean").noconvert(), nb::arg("centre").noconvert(), nb::arg("bias").noconvert(),
         nb::arg("loss").noconvert(), nb::arg("grad_codes1").noconvert().none(),
         nb::arg("grad_codes2").noconvert().none(), nb::arg("lo"), nb::arg("hi"), nb::arg("stream"));
-  m.def("region_pool_backward", &region_pool_backward, nb::arg("grad_means").noconvert(),
+  m.def("region_pool_backward", FF_BIND(region_pool_backward), nb::arg("grad_means").noconvert(),
         nb::arg("acc").noconvert(), nb::arg("counts").noconvert(), nb::arg("regions").noconvert(),
         nb::arg("grad_rows").noconvert(), nb::arg("grad_embeddings").noconvert(),
         nb::arg("normalize"), nb::arg("stream"));

@@ -32,7 +32,9 @@ def stego_total(cfg, feats, codes, feats_pos, codes_pos, pts):
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("feature_samples", [11, 5, None])
+@pytest.mark.parametrize(
+    "feature_samples", [11, 5, pytest.param(None, marks=pytest.mark.no_simt("full maps: 13 s emulated; 11 and 5 cover it"))]
+)
 def test_matches_stego_loss(device, preset, feature_samples):
     g = torch.Generator().manual_seed(3)
     B, C, D, H, W = 4, 48, 9, 14, 12

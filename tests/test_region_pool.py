@@ -139,7 +139,9 @@ def test_non_contiguous_inputs(device):
     for e, l in [(emb_nc, labels_nc), (sliced, labels)]:
         got = region_pool(e, l, 6)
         want = region_pool(e.contiguous(), l.contiguous(), 6)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        # CUDA sums with float atomics, whose order (and so the last bits) varies between runs
+        torch.testing.assert_close(got[0], want[0], rtol=1e-13, atol=1e-15)
+        assert torch.equal(got[1], want[1])
 
 
 def test_backend_reference_selects_reference(device):
@@ -230,6 +232,7 @@ def test_cupy_in_cupy_out():
     assert torch.equal(torch.from_dlpack(counts), want[1])
 
 
+@pytest.mark.no_simt("exhaustive sweep; under emulation the conversions are the host code of common/dtype.h, which the CPU case covers")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_16_bit_value_round_trips(device, dtype):
     """One pixel per image makes each mean the input value itself, so every bit pattern must come
@@ -265,6 +268,7 @@ def test_fuzz_against_reference(B, D, H, W, K, normalize, ignore_index, dtype, s
         assert torch.equal(got[1], want[1])
 
 
+@pytest.mark.no_simt("exhaustive sweep; under emulation the conversions are the host code of common/dtype.h, which the CPU case covers")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_16_bit_rounding_matches_torch(device, dtype):
     """The mean of two pixels is (a + b) / 2 in float32, then rounded to dtype: the kernels'

@@ -1,6 +1,6 @@
 // CUDA kernel: one thread per pixel; consecutive threads read consecutive pixels of each class
 // plane, so every logit load is coalesced.
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "back_ce.h"
 
 namespace fussfast::back_ce {
@@ -27,16 +27,14 @@ void forward_cuda(const Tensor& logits, const Tensor& labels, const Tensor& pres
   if (n == 0) return;
   DeviceGuard guard(logits.device_id, "back_ce");
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  check_grid_x("back_ce", ceil_div(n, kThreads), 1);
-  auto launch = [&](auto zero) {
+  auto run = [&](auto zero) {
     using A = decltype(zero);
-    back_ce_kernel<A><<<ceil_div(n, kThreads), kThreads, 0, stream>>>(
-        logits.ptr<A>(), labels.ptr<int64_t>(), present.ptr<int32_t>(), ignore_index, loss.ptr<A>(),
-        grad ? grad->ptr<A>() : nullptr, K, P, n);
-    FF_CHECK_LAUNCH("back_ce", "back_ce_kernel");
+    launch("back_ce", "back_ce_kernel", back_ce_kernel<A>, grid_of("back_ce", ceil_div(n, kThreads)), kThreads, 0,
+           stream, logits.ptr<A>(), labels.ptr<int64_t>(), present.ptr<int32_t>(), ignore_index, loss.ptr<A>(),
+           grad ? grad->ptr<A>() : nullptr, K, P, n);
   };
-  if (logits.dtype == DType::f32) return launch(0.0f);
-  if (logits.dtype == DType::f64) return launch(0.0);
+  if (logits.dtype == DType::f32) return run(0.0f);
+  if (logits.dtype == DType::f64) return run(0.0);
   fail("back_ce", "the kernel takes float32 or float64 logits (the wrapper upcasts)");
 }
 

@@ -2,7 +2,7 @@
 // in shared memory; each thread computes its pixel's K inner products and assignment; the
 // gradient rows go to shared memory so that the block adds its part of the centroid gradient
 // with one atomic per (k, d).
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "cluster.h"
 
 namespace fussfast::cluster {
@@ -17,17 +17,21 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t* labels, acc_t<T>* total, acc_t<T>* grad_z, acc_t<T>* grad_c, int64_t D,
                    int64_t P, int64_t K, unsigned blocks_per_image) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* cs = reinterpret_cast<A*>(smem_raw);  // [K][D] centroids
-  A* gs = cs + K * D;                      // [K][kThreads] gradient rows, for grad_c
-  __shared__ A warp_total[kThreads / 32];
+  FF_DYNAMIC_SHARED(unsigned char, smem_raw);
+  auto cs = smem_cast<A>(smem_raw);  // [K][D] centroids
+  auto gs = cs + K * D;              // [K][kThreads] gradient rows, for grad_c
+  FF_SHARED(A, warp_total, [kThreads / 32]);
   const int tid = threadIdx.x;
   const int64_t b = blockIdx.x / blocks_per_image;
   const int64_t p0 = int64_t(blockIdx.x % blocks_per_image) * kThreads;
   const int64_t p = p0 + tid;
   const int64_t np = min(int64_t(kThreads), P - p0);
   for (int64_t i = tid; i < K * D; i += kThreads) cs[i] = A(load(c + i));
+#if FF_MUTATION == FF_MUTATION_DIVERGENT_BARRIER
+  if (p < P) __syncthreads();
+#else
   __syncthreads();
+#endif
 
   A pixel_total = 0;
   if (p < P) {
@@ -55,8 +59,12 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (total) {
-    for (int offset = 16; offset > 0; offset >>= 1)
-      pixel_total += __shfl_xor_sync(0xffffffffu, pixel_total, offset);
+#if FF_MUTATION == FF_MUTATION_SHUFFLE_MASK
+    constexpr unsigned mask = 0x7fffffffu;
+#else
+    constexpr unsigned mask = 0xffffffffu;
+#endif
+    for (int offset = 16; offset > 0; offset >>= 1) pixel_total += __shfl_xor_sync(mask, pixel_total, offset);
     if (tid % 32 == 0) warp_total[tid / 32] = pixel_total;
   }
   __syncthreads();
@@ -89,19 +97,20 @@ void forward_cuda(const Tensor& z, const Tensor& c, double alpha, const Outputs&
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   FF_DISPATCH_FLOAT(z.dtype, "cluster_assign", [&] {
     using A = acc_t<scalar_t>;
-    const size_t smem = sizeof(A) * (K * D + K * kThreads);
-    if (smem > 48 * 1024)
-      fail("cluster_assign", "K * D too large for the CUDA kernel's shared memory (K=" +
-                                 std::to_string(K) + ", D=" + std::to_string(D) + ")");
-    unsigned per_image = ceil_div(P, kThreads);
-    check_grid_x("cluster_assign", per_image, B);
-    cluster_kernel<scalar_t><<<per_image * B, kThreads, smem, stream>>>(
-        z.ptr<scalar_t>(), c.ptr<scalar_t>(), A(alpha),
-        out.probs ? out.probs->ptr<scalar_t>() : nullptr,
-        out.labels ? out.labels->ptr<int64_t>() : nullptr, out.total ? out.total->ptr<A>() : nullptr,
-        out.grad_z ? out.grad_z->ptr<A>() : nullptr, out.grad_c ? out.grad_c->ptr<A>() : nullptr, D,
-        P, K, per_image);
-    FF_CHECK_LAUNCH("cluster_assign", "cluster_kernel");
+    auto kernel = cluster_kernel<scalar_t>;
+    // centroids and gradient rows in dynamic shared memory, up to the device's opt-in limit
+    const size_t smem = sizeof(A) * size_t(K * D + K * kThreads);
+    const size_t limit = dynamic_smem_limit("cluster_assign", kernel);
+    if (smem > limit)
+      fail("cluster_assign", "K * D too large for the CUDA kernel's shared memory (K=" + std::to_string(K) +
+                                 ", D=" + std::to_string(D) + " need " + std::to_string(smem) + " bytes, the device has " +
+                                 std::to_string(limit) + "); use backend=\"reference\"");
+    const int64_t per_image = ceil_div(P, kThreads);
+    launch("cluster_assign", "cluster_kernel", kernel, grid_of("cluster_assign", per_image * B), kThreads, smem,
+           stream, z.ptr<scalar_t>(), c.ptr<scalar_t>(), A(alpha), out.probs ? out.probs->ptr<scalar_t>() : nullptr,
+           out.labels ? out.labels->ptr<int64_t>() : nullptr, out.total ? out.total->ptr<A>() : nullptr,
+           out.grad_z ? out.grad_z->ptr<A>() : nullptr, out.grad_c ? out.grad_c->ptr<A>() : nullptr, D, P, K,
+           unsigned(per_image));
   });
 }
 

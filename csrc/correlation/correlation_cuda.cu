@@ -15,7 +15,7 @@
 
 #include <type_traits>
 
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "correlation.h"
 
 namespace fussfast::correlation {
@@ -38,7 +38,7 @@ __global__ void stats_kernel(const T* __restrict__ f1, const T* __restrict__ f2,
                              acc_t<T>* inv2, acc_t<T>* off1, acc_t<T>* pair_mean, acc_t<T>* centre,
                              int64_t C, int64_t P, int64_t Q, bool pointwise) {
   using A = acc_t<T>;
-  __shared__ double warp_part[kThreads / 32];
+  FF_SHARED(double, warp_part, [kThreads / 32]);
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   f1 += b * C * P;
@@ -91,11 +91,11 @@ __global__ void stats_kernel(const T* __restrict__ f1, const T* __restrict__ f2,
   }
 }
 
-// acc[i] += sum_k a[k][ty + 8i] * b[k][tx], operands [K, lda] and [K, ldb].
-template <class T, class A>
+// acc[i] += sum_k a[k][ty + 8i] * b[k][tx], operands [K, lda] and [K, ldb]; as and bs are
+// [kK][kT] shared tiles.
+template <class T, class A, class Tile>
 __device__ void tile_product(const T* __restrict__ a, int64_t lda, int64_t rows, const T* __restrict__ b,
-                             int64_t ldb, int64_t cols, int64_t K, A (&as)[kK][kT], A (&bs)[kK][kT],
-                             A (&acc)[kRows]) {
+                             int64_t ldb, int64_t cols, int64_t K, Tile& as, Tile& bs, A (&acc)[kRows]) {
   const int tid = threadIdx.x, tx = tid % kT, ty = tid / kT;
   for (int64_t k0 = 0; k0 < K; k0 += kK) {
     for (int e = tid; e < kK * kT; e += kThreads) {
@@ -111,7 +111,9 @@ __device__ void tile_product(const T* __restrict__ a, int64_t lda, int64_t rows,
 #pragma unroll
       for (int i = 0; i < kRows; ++i) acc[i] += as[k][ty + 8 * i] * bq;
     }
-    __syncthreads();
+#if FF_MUTATION != FF_MUTATION_NO_BARRIER
+    __syncthreads();  // before the next slice overwrites the tiles
+#endif
   }
 }
 
@@ -124,11 +126,11 @@ template <> struct mma_element<bfloat16_t> { using type = __nv_bfloat16; };
 template <class T>
 constexpr bool kTensorCores = std::is_same_v<T, half_t> || std::is_same_v<T, bfloat16_t>;
 
-template <class T>
+// as, bs: [kK][kT] shared tiles of T; out: a [kT][kT + 4] shared float tile.
+template <class T, class Tile, class OutTile>
 __device__ void tile_product_mma(const T* __restrict__ a, int64_t lda, int64_t rows,
                                  const T* __restrict__ b, int64_t ldb, int64_t cols, int64_t K,
-                                 T (&as)[kK][kT], T (&bs)[kK][kT], float (&out)[kT][kT + 4],
-                                 float (&acc)[kRows]) {
+                                 Tile& as, Tile& bs, OutTile& out, float (&acc)[kRows]) {
   using namespace nvcuda;
   using E = typename mma_element<T>::type;
   const int tid = threadIdx.x, warp = tid / 32, tx = tid % kT, ty = tid / kT;
@@ -148,8 +150,8 @@ __device__ void tile_product_mma(const T* __restrict__ a, int64_t lda, int64_t r
         // as[k][row] is the tile's A operand in column-major order, bs[k][col] its B in row-major
         wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::col_major> fa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(&as[kk][fm]), kT);
-        wmma::load_matrix_sync(fb, reinterpret_cast<const E*>(&bs[kk][fn]), kT);
+        wmma::load_matrix_sync(fa, smem_cast<const E>(&as[kk][fm]), kT);
+        wmma::load_matrix_sync(fb, smem_cast<const E>(&bs[kk][fn]), kT);
         wmma::mma_sync(frag, fa, fb, frag);
       }
     }
@@ -174,9 +176,10 @@ __global__ void __launch_bounds__(kThreads)
                        acc_t<T>* loss, acc_t<T>* grad_r, int64_t C, int64_t D, int64_t R,
                        int64_t Qc, acc_t<T> lo, acc_t<T> hi, unsigned rblocks) {
   using A = acc_t<T>;
-  __shared__ A as[kK][kT], bs[kK][kT];
-  __shared__ A ws[kT][kT + 1];  // d loss / d S of the current tile; +1 avoids bank conflicts
-  __shared__ A warp_loss[kThreads / 32];
+  FF_SHARED(A, as, [kK][kT]);
+  FF_SHARED(A, bs, [kK][kT]);
+  FF_SHARED(A, ws, [kT][kT + 1]);  // d loss / d S of the current tile; +1 avoids bank conflicts
+  FF_SHARED(A, warp_loss, [kThreads / 32]);
   const int tid = threadIdx.x, tx = tid % kT, ty = tid / kT;
   const int64_t b = blockIdx.x / rblocks, r0 = int64_t(blockIdx.x % rblocks) * kT;
   const int64_t tr = min(int64_t(kT), R - r0);
@@ -193,8 +196,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t tq = min(int64_t(kT), Qc - q0);
     A f[kRows] = {}, s[kRows] = {};
     if constexpr (kTensorCores<T>) {
-      __shared__ __align__(32) T as_h[kK][kT], bs_h[kK][kT];
-      __shared__ __align__(32) float out_tile[kT][kT + 4];
+      FF_SHARED_ALIGNED(32, T, as_h, [kK][kT]);
+      FF_SHARED_ALIGNED(32, T, bs_h, [kK][kT]);
+      FF_SHARED_ALIGNED(32, float, out_tile, [kT][kT + 4]);
       tile_product_mma(frb, R, tr, fc + b * C * Qc + q0, Qc, tq, C, as_h, bs_h, out_tile, f);
       tile_product_mma(zrb, R, tr, zc + b * D * Qc + q0, Qc, tq, D, as_h, bs_h, out_tile, s);
     } else {
@@ -248,10 +252,9 @@ void stats_cuda(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointw
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss", [&] {
     using A = acc_t<scalar_t>;
-    stats_kernel<scalar_t><<<unsigned(B), kThreads, 0, stream>>>(
-        f1.ptr<scalar_t>(), f2.ptr<scalar_t>(), st.inv1.ptr<A>(), st.inv2.ptr<A>(), st.off1.ptr<A>(),
-        st.pair_mean.ptr<A>(), st.centre.ptr<A>(), C, P, Q, pointwise);
-    FF_CHECK_LAUNCH("correlation_loss", "stats_kernel");
+    launch("correlation_loss", "stats_kernel", stats_kernel<scalar_t>, grid_of("correlation_loss", B), kThreads, 0,
+           stream, f1.ptr<scalar_t>(), f2.ptr<scalar_t>(), st.inv1.ptr<A>(), st.inv2.ptr<A>(), st.off1.ptr<A>(),
+           st.pair_mean.ptr<A>(), st.centre.ptr<A>(), C, P, Q, pointwise);
   });
 }
 
@@ -268,19 +271,16 @@ void forward_cuda(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Te
     const scalar_t *z1p = z1.ptr<scalar_t>(), *z2p = z2.ptr<scalar_t>();
     const A *inv1 = st.inv1.ptr<A>(), *inv2 = st.inv2.ptr<A>(), *off1 = st.off1.ptr<A>();
     // Launch 1: rows = P, the loss and grad_z1. Launch 2: rows = Q (sides swapped), grad_z2.
-    unsigned pblocks = ceil_div(P, kT);
-    check_grid_x("correlation_loss", pblocks, B);
-    correlation_kernel<scalar_t><<<pblocks * B, kThreads, 0, stream>>>(
-        f1p, f2p, z1p, z2p, inv1, inv2, off1, nullptr, bias.ptr<A>(), loss.ptr<A>(),
-        grads ? grads->z1.ptr<A>() : nullptr, C, D, P, Q, A(lo), A(hi), pblocks);
-    FF_CHECK_LAUNCH("correlation_loss", "correlation_kernel");
+    const int64_t pblocks = ceil_div(P, kT);
+    launch("correlation_loss", "correlation_kernel", correlation_kernel<scalar_t>,
+           grid_of("correlation_loss", pblocks * B), kThreads, 0, stream, f1p, f2p, z1p, z2p, inv1, inv2, off1,
+           nullptr, bias.ptr<A>(), loss.ptr<A>(), grads ? grads->z1.ptr<A>() : nullptr, C, D, P, Q, A(lo), A(hi),
+           unsigned(pblocks));
     if (grads == nullptr) return;
-    unsigned qblocks = ceil_div(Q, kT);
-    check_grid_x("correlation_loss", qblocks, B);
-    correlation_kernel<scalar_t><<<qblocks * B, kThreads, 0, stream>>>(
-        f2p, f1p, z2p, z1p, inv2, inv1, nullptr, off1, bias.ptr<A>(), nullptr, grads->z2.ptr<A>(),
-        C, D, Q, P, A(lo), A(hi), qblocks);
-    FF_CHECK_LAUNCH("correlation_loss", "correlation_kernel (sides swapped)");
+    const int64_t qblocks = ceil_div(Q, kT);
+    launch("correlation_loss", "correlation_kernel (sides swapped)", correlation_kernel<scalar_t>,
+           grid_of("correlation_loss", qblocks * B), kThreads, 0, stream, f2p, f1p, z2p, z1p, inv2, inv1, nullptr,
+           off1, bias.ptr<A>(), nullptr, grads->z2.ptr<A>(), C, D, Q, P, A(lo), A(hi), unsigned(qblocks));
   });
 }
 

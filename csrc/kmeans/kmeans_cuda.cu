@@ -4,18 +4,21 @@
 //
 // - assignment: a thread per point; centroids stream through shared memory in tiles; the best
 //   distance and index stay in registers (no M x k matrix); per-block inertia partials.
-// - update: points are sorted by label (CUB's stable radix sort), each cluster is cut into
-//   kSplits slices summed by one block each, and the slices are added in order.
-// - k-means++: prefix sums with CUB, the draws searched on the device, candidate potentials as
+// - update: points are sorted by label (CUB's stable radix sort; integers, so exact), each
+//   cluster is cut into `splits` slices (up to kMaxSplits, about kThreads points each on average)
+//   summed by one block each, and the slices are added in order.
+// - k-means++: prefix sums by our own fixed-order scan (CUB's floating scan is not
+//   run-to-run deterministic), the draws searched on the device, candidate potentials as
 //   per-block partials.
 // Every floating sum has a fixed order, so a seed gives the same result on every run.
 #include <cub/cub.cuh>
 #include <cuda/std/limits>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "../common/random.h"
 #include "kmeans.h"
 
@@ -24,7 +27,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTileFloats = 4096;  // shared-memory tile of centroids, in values
-constexpr int kSplits = 64;        // slices per cluster in the update
+constexpr int kMaxSplits = 64;     // slices per cluster in the update
 constexpr int kMaxTrials = 16;
 
 template <class A>
@@ -36,7 +39,7 @@ __device__ A warp_sum(A v) {
 // Sum of one value per thread, in a fixed order; valid in thread 0.
 template <class A>
 __device__ A block_sum(A v) {
-  __shared__ A warps[kThreads / 32];
+  FF_SHARED(A, warps, [kThreads / 32]);
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = v;
   __syncthreads();
@@ -66,7 +69,7 @@ __global__ void assign_kernel(const A* __restrict__ x, const A* __restrict__ xx,
                               const A* __restrict__ C, const A* __restrict__ cc, int64_t M, int64_t D,
                               int64_t k, bool cosine, int64_t* labels, A* dist, int* changed,
                               double* inertia_part) {
-  __shared__ A tile[kTileFloats];
+  FF_SHARED(A, tile, [kTileFloats]);
   const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t per_tile = D < kTileFloats ? kTileFloats / D : 1;
   A best_d = cuda::std::numeric_limits<A>::infinity();
@@ -120,14 +123,14 @@ __global__ void segment_starts_kernel(const int64_t* sorted, int64_t M, int64_t 
   start[c] = lo;
 }
 
-// Block (c, s) sums slice s of cluster c: part[(c * kSplits + s) * (D + 1) + d], last = weight.
+// Block (c, s) sums slice s of cluster c: part[(c * splits + s) * (D + 1) + d], last = weight.
 template <class A>
 __global__ void slice_sums_kernel(const A* x, const A* w, const int64_t* order, const int64_t* start,
-                                  int64_t D, double* part) {
-  const int64_t c = blockIdx.x / kSplits, s = blockIdx.x % kSplits;
+                                  int64_t D, int64_t splits, double* part) {
+  const int64_t c = blockIdx.x / splits, s = blockIdx.x % splits;
   const int64_t n = start[c + 1] - start[c];
-  const int64_t b = start[c] + n * s / kSplits, e = start[c] + n * (s + 1) / kSplits;
-  double* out = part + (c * kSplits + s) * (D + 1);
+  const int64_t b = start[c] + n * s / splits, e = start[c] + n * (s + 1) / splits;
+  double* out = part + (c * splits + s) * (D + 1);
   for (int64_t d = threadIdx.x; d <= D; d += kThreads) {
     double sum = 0;
     for (int64_t j = b; j < e; ++j) {
@@ -140,12 +143,13 @@ __global__ void slice_sums_kernel(const A* x, const A* w, const int64_t* order, 
 
 // New centroid rows from the slices; empty[c] = 1 when the cluster has no weight.
 template <class A>
-__global__ void centroid_kernel(const double* part, int64_t D, A* C, int* empty, bool cosine) {
+__global__ void centroid_kernel(const double* part, int64_t D, int64_t splits, A* C, int* empty, bool cosine) {
   const int64_t c = blockIdx.x;
-  __shared__ double wsum, norm;
+  FF_SHARED(double, wsum);
+  FF_SHARED(double, norm);
   if (threadIdx.x == 0) {
     double s = 0;
-    for (int sl = 0; sl < kSplits; ++sl) s += part[(c * kSplits + sl) * (D + 1) + D];
+    for (int64_t sl = 0; sl < splits; ++sl) s += part[(c * splits + sl) * (D + 1) + D];
     wsum = s;
     empty[c] = s > 0 ? 0 : 1;
   }
@@ -154,7 +158,7 @@ __global__ void centroid_kernel(const double* part, int64_t D, A* C, int* empty,
   double sq = 0;
   for (int64_t d = threadIdx.x; d < D; d += kThreads) {
     double s = 0;
-    for (int sl = 0; sl < kSplits; ++sl) s += part[(c * kSplits + sl) * (D + 1) + d];
+    for (int64_t sl = 0; sl < splits; ++sl) s += part[(c * splits + sl) * (D + 1) + d];
     C[c * D + d] = A(s / wsum);
     sq += (s / wsum) * (s / wsum);
   }
@@ -170,8 +174,8 @@ __global__ void centroid_kernel(const double* part, int64_t D, A* C, int* empty,
 template <class A>
 __global__ void relocate_kernel(const A* x, const A* dist, int64_t M, int64_t D, int64_t k, const int* empty,
                                 A* C, int64_t* taken /* [k] scratch */) {
-  __shared__ A values[kThreads];
-  __shared__ int64_t indices[kThreads];
+  FF_SHARED(A, values, [kThreads]);
+  FF_SHARED(int64_t, indices, [kThreads]);
   int64_t n_taken = 0;
   for (int64_t c = 0; c < k; ++c) {
     if (!empty[c]) continue;
@@ -208,6 +212,57 @@ __global__ void shift_kernel(const A* a, const A* b, int64_t n, double* out) {
   for (int64_t i = threadIdx.x; i < n; i += kThreads) s += double(a[i] - b[i]) * double(a[i] - b[i]);
   s = block_sum(s);
   if (threadIdx.x == 0) *out = s;
+}
+
+// ---- fixed-order inclusive scan of doubles (in place) ----
+// Block b scans elements [b * kScanChunk, ...): thread t sums its kScanItems consecutive
+// elements, thread 0 adds those sums up in order, and every thread rewrites its elements as
+// running sums. The block totals are scanned the same way by one block, then added back.
+constexpr int kScanItems = 8;
+constexpr int64_t kScanChunk = int64_t(kThreads) * kScanItems;
+
+__device__ void scan_chunk(double* v, int64_t n, double offset, double* total) {
+  FF_SHARED(double, sums, [kThreads]);
+  const int64_t per = (n + kThreads - 1) / kThreads;
+  const int64_t b = threadIdx.x * per, e = min(n, b + per);
+  double s = 0;
+  for (int64_t i = b; i < e; ++i) s += v[i];
+  sums[threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double run = offset;
+    for (int t = 0; t < kThreads; ++t) {
+      const double x = sums[t];
+      sums[t] = run;  // exclusive
+      run += x;
+    }
+    if (total) *total = run - offset;
+  }
+  __syncthreads();
+  double run = sums[threadIdx.x];
+  for (int64_t i = b; i < e; ++i) v[i] = run += v[i];
+  __syncthreads();  // sums is reused by the next call
+}
+
+__global__ void scan_blocks_kernel(double* v, int64_t n, double* totals) {
+  const int64_t b = int64_t(blockIdx.x) * kScanChunk;
+  scan_chunk(v + b, min(kScanChunk, n - b), 0.0, totals + blockIdx.x);
+}
+
+// One block: totals[0..n) become their inclusive prefix sums, chunk after chunk.
+__global__ void scan_totals_kernel(double* totals, int64_t n) {
+  double carry = 0;  // the same in every thread
+  for (int64_t b = 0; b < n; b += kScanChunk) {
+    const int64_t m = min(kScanChunk, n - b);
+    scan_chunk(totals + b, m, carry, nullptr);
+    carry = totals[b + m - 1];
+  }
+}
+
+// Adds to each element the inclusive total of the blocks before its own.
+__global__ void add_offsets_kernel(double* v, int64_t n, const double* totals) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < n && i >= kScanChunk) v[i] += totals[i / kScanChunk - 1];
 }
 
 // ---- k-means++ ----
@@ -261,7 +316,7 @@ __global__ void potentials_kernel(const A* x, const A* xx, const A* w, const A* 
 
 // pot[t] = sum over blocks of part[.][t]; chosen = argmin_t pot[t] (first on ties)
 __global__ void choose_kernel(const double* part, int64_t blocks, int trials, const int64_t* cand, int64_t* chosen) {
-  __shared__ double pot[kMaxTrials];
+  FF_SHARED(double, pot, [kMaxTrials]);
   for (int t = 0; t < trials; ++t) {
     double s = 0;
     for (int64_t b = threadIdx.x; b < blocks; b += kThreads) s += part[b * kMaxTrials + t];
@@ -294,42 +349,38 @@ class Runner {
  public:
   Runner(const Tensor& points, const Tensor* weights, const Options& opt, cudaStream_t stream)
       : opt_(opt), s_(stream), M_(points.size(0)), D_(points.size(1)), k_(opt.k),
-        blocks_(ceil_div(M_, kThreads)), x_(points.ptr<A>()), w_(weights ? weights->ptr<A>() : nullptr) {
-    check_grid_x("kmeans", blocks_, 1);
+        blocks_(ceil_div(M_, kThreads)), splits_(std::clamp<int64_t>(M_ / (k_ * kThreads), 1, kMaxSplits)),
+        x_(points.ptr<A>()), w_(weights ? weights->ptr<A>() : nullptr),
+        scratch_("kmeans", stream) {
+    if (D_ < 1) fail("kmeans", "points must have at least one dimension");
     if (D_ > kTileFloats)
       fail("kmeans", "the CUDA kernel takes at most " + std::to_string(kTileFloats) + " dimensions");
-    xx_ = alloc<A>(M_);
-    closest_ = alloc<A>(M_);
-    dist_ = alloc<A>(M_);
-    cc_ = alloc<A>(k_);
-    C_ = alloc<A>(k_ * D_);
-    C_new_ = alloc<A>(k_ * D_);
-    labels_ = alloc<int64_t>(M_);
-    sorted_ = alloc<int64_t>(M_);
-    order_ = alloc<int64_t>(M_);
-    iota_ = alloc<int64_t>(M_);
-    start_ = alloc<int64_t>(k_ + 1);
-    taken_ = alloc<int64_t>(k_);
-    cand_ = alloc<int64_t>(kMaxTrials + 1);
-    cum_ = alloc<double>(M_);
-    part_ = alloc<double>(std::max<int64_t>(blocks_ * kMaxTrials, k_ * kSplits * (D_ + 1)));
-    scalars_ = alloc<double>(2);
-    changed_ = alloc<int>(1);
-    empty_ = alloc<int>(k_);
-    size_t sort_bytes = 0, scan_bytes = 0;
-    FF_CUDA_CHECK("kmeans", cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, labels_, sorted_, iota_, order_,
+    if (M_ > 2147483647LL) fail("kmeans", "the CUDA kernel takes at most 2^31 - 1 points (CUB's sort)");
+    grid_of("kmeans", k_ * splits_);  // the update's slices
+    xx_ = scratch_.alloc<A>(M_);
+    closest_ = scratch_.alloc<A>(M_);
+    dist_ = scratch_.alloc<A>(M_);
+    cc_ = scratch_.alloc<A>(k_);
+    C_ = scratch_.alloc<A>(k_ * D_);
+    C_new_ = scratch_.alloc<A>(k_ * D_);
+    labels_ = scratch_.alloc<int64_t>(M_);
+    sorted_ = scratch_.alloc<int64_t>(M_);
+    order_ = scratch_.alloc<int64_t>(M_);
+    iota_ = scratch_.alloc<int64_t>(M_);
+    start_ = scratch_.alloc<int64_t>(k_ + 1);
+    taken_ = scratch_.alloc<int64_t>(k_);
+    cand_ = scratch_.alloc<int64_t>(kMaxTrials + 1);
+    cum_ = scratch_.alloc<double>(M_);
+    scan_totals_ = scratch_.alloc<double>(ceil_div(M_, kScanChunk));
+    part_ = scratch_.alloc<double>(std::max<int64_t>(blocks_ * kMaxTrials, k_ * splits_ * (D_ + 1)));
+    scalars_ = scratch_.alloc<double>(2);
+    changed_ = scratch_.alloc<int>(1);
+    empty_ = scratch_.alloc<int>(k_);
+    FF_CUDA_CHECK("kmeans", cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes_, labels_, sorted_, iota_, order_,
                                                             int(M_), 0, bits_for(k_), s_));
-    FF_CUDA_CHECK("kmeans", cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, cum_, cum_, int(M_), s_));
-    temp_bytes_ = std::max(sort_bytes, scan_bytes);
-    temp_ = alloc<unsigned char>(temp_bytes_);
-    squared_norms_kernel<A><<<blocks_, kThreads, 0, s_>>>(x_, M_, D_, xx_);
-    FF_CHECK_LAUNCH("kmeans", "squared_norms_kernel");
-    iota_kernel<<<blocks_, kThreads, 0, s_>>>(iota_, M_);
-    FF_CHECK_LAUNCH("kmeans", "iota_kernel");
-  }
-
-  ~Runner() {
-    for (void* p : owned_) cudaFreeAsync(p, s_);
+    sort_temp_ = scratch_.alloc<unsigned char>(int64_t(sort_bytes_));
+    enqueue("squared_norms_kernel", squared_norms_kernel<A>, blocks_, x_, M_, D_, xx_);
+    enqueue("iota_kernel", iota_kernel, blocks_, iota_, M_);
   }
 
   Result run(const Tensor& centroids, const Tensor& labels_out) {
@@ -345,14 +396,12 @@ class Runner {
         const int changed = read_changed();
         if (it > 1 && changed == 0) break;  // strict convergence
         update();
-        shift_kernel<A><<<1, kThreads, 0, s_>>>(C_new_, C_, k_ * D_, scalars_);
-        FF_CHECK_LAUNCH("kmeans", "shift_kernel");
+        enqueue("shift_kernel", shift_kernel<A>, 1, C_new_, C_, k_ * D_, scalars_);
         std::swap(C_, C_new_);
         if (read_scalar(0) <= opt_.tol) break;
       }
       assign(C_);
-      sum_parts_kernel<<<1, kThreads, 0, s_>>>(part_, blocks_, 1, scalars_ + 1);
-      FF_CHECK_LAUNCH("kmeans", "sum_parts_kernel");
+      enqueue("sum_parts_kernel", sum_parts_kernel, 1, part_, blocks_, int64_t(1), scalars_ + 1);
       const double inertia = read_scalar(1);
       if (r == 0 || inertia < best.inertia) {
         best = {inertia, it};
@@ -364,12 +413,10 @@ class Runner {
   }
 
  private:
-  template <class V>
-  V* alloc(int64_t n) {
-    void* p = nullptr;
-    FF_CUDA_CHECK("kmeans", cudaMallocAsync(&p, sizeof(V) * std::max<int64_t>(n, 1), s_));
-    owned_.push_back(p);
-    return static_cast<V*>(p);
+  // Every kernel here has kThreads threads a block and no dynamic shared memory.
+  template <class... Params, class... Args>
+  void enqueue(const char* name, void (*kernel)(Params...), int64_t blocks, Args&&... args) {
+    launch("kmeans", name, kernel, grid_of("kmeans", blocks), kThreads, 0, s_, std::forward<Args>(args)...);
   }
   template <class V>
   void copy(V* dst, const V* src, int64_t n) {
@@ -394,75 +441,66 @@ class Runner {
   }
 
   void assign(const A* C) {
-    squared_norms_kernel<A><<<ceil_div(k_, kThreads), kThreads, 0, s_>>>(C, k_, D_, cc_);
-    FF_CHECK_LAUNCH("kmeans", "squared_norms_kernel");
+    enqueue("squared_norms_kernel", squared_norms_kernel<A>, ceil_div(k_, kThreads), C, k_, D_, cc_);
     FF_CUDA_CHECK("kmeans", cudaMemsetAsync(changed_, 0, sizeof(int), s_));
-    assign_kernel<A><<<blocks_, kThreads, 0, s_>>>(x_, xx_, w_, C, cc_, M_, D_, k_, opt_.cosine, labels_, dist_,
-                                                   changed_, part_);
-    FF_CHECK_LAUNCH("kmeans", "assign_kernel");
+    enqueue("assign_kernel", assign_kernel<A>, blocks_, x_, xx_, w_, C, cc_, M_, D_, k_, opt_.cosine, labels_, dist_,
+        changed_, part_);
   }
 
   void update() {
-    size_t bytes = temp_bytes_;
-    FF_CUDA_CHECK("kmeans", cub::DeviceRadixSort::SortPairs(temp_, bytes, labels_, sorted_, iota_, order_, int(M_),
-                                                            0, bits_for(k_), s_));
-    segment_starts_kernel<<<ceil_div(k_ + 1, kThreads), kThreads, 0, s_>>>(sorted_, M_, k_, start_);
-    FF_CHECK_LAUNCH("kmeans", "segment_starts_kernel");
-    slice_sums_kernel<A><<<unsigned(k_ * kSplits), kThreads, 0, s_>>>(x_, w_, order_, start_, D_, part_);
-    FF_CHECK_LAUNCH("kmeans", "slice_sums_kernel");
+    size_t bytes = sort_bytes_;
+    FF_CUDA_CHECK("kmeans", cub::DeviceRadixSort::SortPairs(sort_temp_, bytes, labels_, sorted_, iota_, order_,
+                                                            int(M_), 0, bits_for(k_), s_));
+    enqueue("segment_starts_kernel", segment_starts_kernel, ceil_div(k_ + 1, kThreads), sorted_, M_, k_, start_);
+    enqueue("slice_sums_kernel", slice_sums_kernel<A>, k_ * splits_, x_, w_, order_, start_, D_, splits_, part_);
     copy(C_new_, C_, k_ * D_);
-    centroid_kernel<A><<<unsigned(k_), kThreads, 0, s_>>>(part_, D_, C_new_, empty_, opt_.cosine);
-    FF_CHECK_LAUNCH("kmeans", "centroid_kernel");
-    relocate_kernel<A><<<1, kThreads, 0, s_>>>(x_, dist_, M_, D_, k_, empty_, C_new_, taken_);
-    FF_CHECK_LAUNCH("kmeans", "relocate_kernel");
+    enqueue("centroid_kernel", centroid_kernel<A>, k_, part_, D_, splits_, C_new_, empty_, opt_.cosine);
+    enqueue("relocate_kernel", relocate_kernel<A>, 1, x_, dist_, M_, D_, k_, empty_, C_new_, taken_);
+  }
+
+  // cum_ = inclusive prefix sums of w * closest (w alone for the first centre), fixed order.
+  void cumulative_weights(const A* closest) {
+    enqueue("weighted_kernel", weighted_kernel<A>, blocks_, w_, closest, M_, cum_);
+    const int64_t chunks = ceil_div(M_, kScanChunk);
+    enqueue("scan_blocks_kernel", scan_blocks_kernel, chunks, cum_, M_, scan_totals_);
+    if (chunks == 1) return;
+    enqueue("scan_totals_kernel", scan_totals_kernel, 1, scan_totals_, chunks);
+    enqueue("add_offsets_kernel", add_offsets_kernel, blocks_, cum_, M_, scan_totals_);
   }
 
   // k-means++ with greedy local trials; the uniforms come from the host stream of the seed.
   void seed_centers(Random& rng) {
     const int trials = std::min<int>(kMaxTrials, 2 + int(std::log(double(k_))));
-    size_t bytes = temp_bytes_;
-    weighted_kernel<A><<<blocks_, kThreads, 0, s_>>>(w_, nullptr, M_, cum_);
-    FF_CHECK_LAUNCH("kmeans", "weighted_kernel");
-    FF_CUDA_CHECK("kmeans", cub::DeviceScan::InclusiveSum(temp_, bytes, cum_, cum_, int(M_), s_));
+    cumulative_weights(nullptr);
     Draws draws{};
     draws.u[0] = rng.uniform();
-    search_kernel<<<1, 32, 0, s_>>>(cum_, M_, draws, 1, cand_ + kMaxTrials);
-    FF_CHECK_LAUNCH("kmeans", "search_kernel");
-    add_center_kernel<A><<<blocks_, kThreads, 0, s_>>>(x_, xx_, cand_ + kMaxTrials, M_, D_, opt_.cosine, true,
-                                                       C_, 0, closest_);
-    FF_CHECK_LAUNCH("kmeans", "add_center_kernel");
+    launch("kmeans", "search_kernel", search_kernel, dim3(1), 32, 0, s_, cum_, M_, draws, 1, cand_ + kMaxTrials);
+    enqueue("add_center_kernel", add_center_kernel<A>, blocks_, x_, xx_, cand_ + kMaxTrials, M_, D_, opt_.cosine, true,
+        C_, int64_t(0), closest_);
     for (int64_t c = 1; c < k_; ++c) {
-      weighted_kernel<A><<<blocks_, kThreads, 0, s_>>>(w_, closest_, M_, cum_);
-      FF_CHECK_LAUNCH("kmeans", "weighted_kernel");
-      bytes = temp_bytes_;
-      FF_CUDA_CHECK("kmeans", cub::DeviceScan::InclusiveSum(temp_, bytes, cum_, cum_, int(M_), s_));
+      cumulative_weights(closest_);
       for (int t = 0; t < trials; ++t) draws.u[t] = rng.uniform();
-      search_kernel<<<1, 32, 0, s_>>>(cum_, M_, draws, trials, cand_);
-      FF_CHECK_LAUNCH("kmeans", "search_kernel");
-      potentials_kernel<A><<<blocks_, kThreads, 0, s_>>>(x_, xx_, w_, closest_, cand_, trials, M_, D_,
-                                                         opt_.cosine, part_);
-      FF_CHECK_LAUNCH("kmeans", "potentials_kernel");
-      choose_kernel<<<1, kThreads, 0, s_>>>(part_, blocks_, trials, cand_, cand_ + kMaxTrials);
-      FF_CHECK_LAUNCH("kmeans", "choose_kernel");
-      add_center_kernel<A><<<blocks_, kThreads, 0, s_>>>(x_, xx_, cand_ + kMaxTrials, M_, D_, opt_.cosine,
-                                                         false, C_, c, closest_);
-      FF_CHECK_LAUNCH("kmeans", "add_center_kernel");
+      launch("kmeans", "search_kernel", search_kernel, dim3(1), 32, 0, s_, cum_, M_, draws, trials, cand_);
+      enqueue("potentials_kernel", potentials_kernel<A>, blocks_, x_, xx_, w_, closest_, cand_, trials, M_, D_,
+          opt_.cosine, part_);
+      enqueue("choose_kernel", choose_kernel, 1, part_, int64_t(blocks_), trials, cand_, cand_ + kMaxTrials);
+      enqueue("add_center_kernel", add_center_kernel<A>, blocks_, x_, xx_, cand_ + kMaxTrials, M_, D_, opt_.cosine,
+          false, C_, c, closest_);
     }
   }
 
   Options opt_;
   cudaStream_t s_;
-  int64_t M_, D_, k_;
-  unsigned blocks_;
+  int64_t M_, D_, k_, blocks_, splits_;
   const A* x_;
   const A* w_;
+  DeviceBuffers scratch_;  // frees everything below, also when the constructor throws
   A *xx_, *closest_, *dist_, *cc_, *C_, *C_new_;
   int64_t *labels_, *sorted_, *order_, *iota_, *start_, *taken_, *cand_;
-  double *cum_, *part_, *scalars_;
+  double *cum_, *scan_totals_, *part_, *scalars_;
   int *changed_, *empty_;
-  unsigned char* temp_;
-  size_t temp_bytes_ = 0;
-  std::vector<void*> owned_;
+  unsigned char* sort_temp_;
+  size_t sort_bytes_ = 0;
 };
 
 }  // namespace

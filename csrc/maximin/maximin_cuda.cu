@@ -8,7 +8,7 @@
 
 #include <algorithm>
 
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "maximin.h"
 
 namespace fussfast::maximin {
@@ -28,11 +28,17 @@ __device__ bool better(const Best<A>& a, const Best<A>& b) {
   return a.value > b.value || (a.value == b.value && a.index < b.index);
 }
 
-// Block-wide best of one candidate per thread; the result is valid in every thread.
-template <class A>
-__device__ Best<A> block_best(Best<A> mine, A* values, int64_t* indices) {
-  values[threadIdx.x] = mine.value;
-  indices[threadIdx.x] = mine.index;
+// Block-wide best of one candidate per thread; the result is valid in every thread. values and
+// indices are [kThreads] shared arrays.
+template <class A, class Values, class Indices>
+__device__ Best<A> block_best(Best<A> mine, Values& values, Indices& indices) {
+#if FF_MUTATION == FF_MUTATION_UNINITIALIZED
+  if (threadIdx.x < kThreads / 2)
+#endif
+  {
+    values[threadIdx.x] = mine.value;
+    indices[threadIdx.x] = mine.index;
+  }
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half >>= 1) {
     if (threadIdx.x < half) {
@@ -52,17 +58,17 @@ __global__ void __launch_bounds__(kThreads)
     maximin_kernel(const A* __restrict__ x, int64_t M, int64_t D, bool cosine, int64_t start,
                    int64_t k, A* min_dist, A* part_value, int64_t* part_index, int64_t* picks) {
   cg::grid_group grid = cg::this_grid();
-  __shared__ A values[kThreads];
-  __shared__ int64_t indices[kThreads];
+  FF_SHARED(A, values, [kThreads]);
+  FF_SHARED(int64_t, indices, [kThreads]);
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t i = blockIdx.x * kThreads + threadIdx.x; i < M; i += stride)
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < M; i += stride)
     min_dist[i] = cuda::std::numeric_limits<A>::infinity();
   if (blockIdx.x == 0 && threadIdx.x == 0) picks[0] = start;
   int64_t pick = start;
   for (int64_t j = 1; j < k; ++j) {
     const A* c = x + pick * D;
     Best<A> mine{-cuda::std::numeric_limits<A>::infinity(), M};
-    for (int64_t i = blockIdx.x * kThreads + threadIdx.x; i < M; i += stride) {
+    for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < M; i += stride) {
       const A* xi = x + i * D;
       A d = 0;
       if (cosine) {
@@ -100,32 +106,22 @@ void maximin_cuda(const Tensor& points, bool cosine, int64_t start, const Tensor
   FF_CUDA_CHECK("maximin", cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative) fail("maximin", "this GPU cannot launch cooperative kernels");
   FF_CUDA_CHECK("maximin", cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  auto launch = [&](auto zero) {
+  auto run = [&](auto zero) {
     using A = decltype(zero);  // float or double: the binding admits nothing else
     auto kernel = maximin_kernel<A>;
     FF_CUDA_CHECK("maximin", cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-    const int64_t blocks =
-        std::max<int64_t>(1, std::min<int64_t>(int64_t(sms) * per_sm, ceil_div(M, kThreads)));
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(int64_t(sms) * per_sm, ceil_div(M, kThreads)));
     // scratch: running minimum per point and one candidate per block
-    A *min_dist = nullptr, *part_value = nullptr;
-    int64_t* part_index = nullptr;
-    FF_CUDA_CHECK("maximin", cudaMallocAsync(&min_dist, sizeof(A) * M, stream));
-    FF_CUDA_CHECK("maximin", cudaMallocAsync(&part_value, sizeof(A) * blocks, stream));
-    FF_CUDA_CHECK("maximin", cudaMallocAsync(&part_index, sizeof(int64_t) * blocks, stream));
-    const A* x = points.ptr<A>();
-    int64_t* picks = indices.ptr<int64_t>();
-    int64_t m = M, d = D, kk = k, s = start;
-    void* args[] = {&x, &m, &d, &cosine, &s, &kk, &min_dist, &part_value, &part_index, &picks};
-    const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
-                                                        dim3(unsigned(blocks)), dim3(kThreads), args, 0, stream);
-    cudaFreeAsync(min_dist, stream);
-    cudaFreeAsync(part_value, stream);
-    cudaFreeAsync(part_index, stream);
-    FF_CUDA_CHECK("maximin", err);
-    FF_CHECK_LAUNCH("maximin", "maximin_kernel");
+    DeviceBuffers scratch("maximin", stream);
+    A* min_dist = scratch.alloc<A>(M);
+    A* part_value = scratch.alloc<A>(blocks);
+    int64_t* part_index = scratch.alloc<int64_t>(blocks);
+    launch_cooperative("maximin", "maximin_kernel", kernel, grid_of("maximin", blocks), kThreads, 0, stream,
+                       points.ptr<A>(), M, D, cosine, start, k, min_dist, part_value, part_index,
+                       indices.ptr<int64_t>());
   };
-  if (points.dtype == DType::f32) launch(0.f);
-  else launch(0.0);
+  if (points.dtype == DType::f32) run(0.f);
+  else run(0.0);
 }
 
 }  // namespace fussfast::maximin

@@ -6,7 +6,7 @@
 // its label stays the same and flushes it with one global atomic when it changes; at the end of
 // the strip a warp whose lanes all hold the same label reduces with shuffles first, so a uniform
 // region costs one atomic per channel per strip instead of one per pixel.
-#include "../common/cuda_utils.h"
+#include "../common/launch.h"
 #include "region_pool.h"
 
 namespace fussfast::region_pool {
@@ -59,7 +59,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   int64_t region[kSteps];
   for (int s = 0; s < kSteps; ++s) {
     int64_t p = strip + 32 * s + lane;
+#if FF_MUTATION == FF_MUTATION_OFF_BY_ONE
+    region[s] = p <= P ? region_of(labels[b * P + p], K, ignore_index) : kIgnored;
+#else
     region[s] = p < P ? region_of(labels[b * P + p], K, ignore_index) : kIgnored;
+#endif
   }
 
   if (blockIdx.z == 0) {  // one channel chunk records regions, counts pixels, checks labels
@@ -146,19 +150,16 @@ void forward_cuda(const Tensor& emb, const Tensor& labels, const Tensor& acc, co
     using A = acc_t<scalar_t>;
     FF_DISPATCH_INDEX(labels.dtype, "region_pool", [&] {
       // Images are folded into grid.x (grid.y would cap B at 65535); z = 0 must exist even
-      // for D = 0 because it counts the pixels.
-      if (P == 0) return;  // empty images: sums and counts stay zero
-      unsigned per_image = ceil_div(P, kStrip * kWarps);
-      check_grid_x("region_pool", per_image, B);
-      dim3 grid(per_image * B, 1, ceil_div(D > 0 ? D : 1, kChannels));
-      accumulate_kernel<scalar_t, index_t><<<grid, kWarps * 32, 0, stream>>>(
-          emb.ptr<scalar_t>(), labels.ptr<index_t>(), acc.ptr<A>(), counts.ptr<int64_t>(),
-          regions.ptr<int32_t>(), status.ptr<int32_t>(), D, P, K, ignore_index, per_image);
-      FF_CHECK_LAUNCH("region_pool", "accumulate_kernel");
+      // for D = 0 because it counts the pixels. Empty images (P = 0) launch nothing.
+      const int64_t per_image = ceil_div(P, kStrip * kWarps);
+      launch("region_pool", "accumulate_kernel", accumulate_kernel<scalar_t, index_t>,
+             grid_of("region_pool", per_image * B, 1, ceil_div(D > 0 ? D : 1, kChannels)), kWarps * 32, 0,
+             stream, emb.ptr<scalar_t>(), labels.ptr<index_t>(), acc.ptr<A>(), counts.ptr<int64_t>(),
+             regions.ptr<int32_t>(), status.ptr<int32_t>(), D, P, K, ignore_index, unsigned(per_image));
     });
-    finalize_kernel<scalar_t><<<ceil_div(B * K, kRowThreads), kRowThreads, 0, stream>>>(
-        acc.ptr<A>(), counts.ptr<int64_t>(), means.ptr<scalar_t>(), B * K, D, normalize);
-    FF_CHECK_LAUNCH("region_pool", "finalize_kernel");
+    launch("region_pool", "finalize_kernel", finalize_kernel<scalar_t>,
+           grid_of("region_pool", ceil_div(B * K, kRowThreads)), kRowThreads, 0, stream, acc.ptr<A>(),
+           counts.ptr<int64_t>(), means.ptr<scalar_t>(), B * K, D, normalize);
   });
 }
 
@@ -172,16 +173,14 @@ void backward_cuda(const Tensor& grad_means, const Tensor& acc, const Tensor& co
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   FF_DISPATCH_FLOAT(grad_emb.dtype, "region_pool_backward", [&] {
     using A = acc_t<scalar_t>;
-    region_grad_kernel<scalar_t><<<ceil_div(B * K, kRowThreads), kRowThreads, 0, stream>>>(
-        grad_means.ptr<scalar_t>(), acc.ptr<A>(), counts.ptr<int64_t>(), grad_rows.ptr<A>(),
-        B * K, D, normalize);
-    FF_CHECK_LAUNCH("region_pool_backward", "region_grad_kernel");
-    unsigned per_image = ceil_div(P, kPixelThreads);
-    check_grid_x("region_pool_backward", per_image, B);
-    dim3 grid(per_image * B, 1, ceil_div(D, kChannels));
-    scatter_grad_kernel<scalar_t><<<grid, kPixelThreads, 0, stream>>>(
-        grad_rows.ptr<A>(), regions.ptr<int32_t>(), grad_emb.ptr<scalar_t>(), D, P, K, per_image);
-    FF_CHECK_LAUNCH("region_pool_backward", "scatter_grad_kernel");
+    launch("region_pool_backward", "region_grad_kernel", region_grad_kernel<scalar_t>,
+           grid_of("region_pool_backward", ceil_div(B * K, kRowThreads)), kRowThreads, 0, stream,
+           grad_means.ptr<scalar_t>(), acc.ptr<A>(), counts.ptr<int64_t>(), grad_rows.ptr<A>(), B * K, D,
+           normalize);
+    const int64_t per_image = ceil_div(P, kPixelThreads);
+    launch("region_pool_backward", "scatter_grad_kernel", scatter_grad_kernel<scalar_t>,
+           grid_of("region_pool_backward", per_image * B, 1, ceil_div(D, kChannels)), kPixelThreads, 0, stream,
+           grad_rows.ptr<A>(), regions.ptr<int32_t>(), grad_emb.ptr<scalar_t>(), D, P, K, unsigned(per_image));
   });
 }
 

@@ -87,8 +87,8 @@ def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
     if not isinstance(points, torch.Tensor):
         raise TypeError(f"{op}: points must be a torch.Tensor, got {type(points).__name__}")
     check_dtype(op, "points", points, FLOAT_DTYPES)
-    if points.dim() != 2 or points.shape[0] == 0:
-        raise ValueError(f"{op}: points must be a non-empty [M, D] tensor, got shape {list(points.shape)}")
+    if points.dim() != 2 or points.shape[0] == 0 or points.shape[1] == 0:
+        raise ValueError(f"{op}: points must be a non-empty [M, D] tensor with D >= 1, got shape {list(points.shape)}")
     M = points.shape[0]
     k = check_int(op, "k", k, minimum=1)
     if k > M:

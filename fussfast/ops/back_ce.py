@@ -99,6 +99,8 @@ def _check_inputs(logits, labels, present, ignore_index):
         raise ValueError(f"{OP}: logits must be [B, K, ...] and labels [B, ...] with the same pixels, got "
                          f"{list(logits.shape)} and {list(labels.shape)}")
     B, K = logits.shape[:2]
+    if K == 0:
+        raise ValueError(f"{OP}: logits must have at least one class, got shape {list(logits.shape)}")
     if present.shape == (K,):
         present = present.expand(B, K)
     if present.shape != (B, K):
