@@ -6,6 +6,14 @@ from typing import Any
 
 from fussfast import _C
 
+# What has run this source tree's CUDA kernels and matched the references (README, "CUDA
+# status"). Update it when a GPU run of bench/gpu_check.sh lands under bench/results/.
+CUDA_VERIFICATION = {
+    "simt_emulator": "every kernel, in CI: the simt case of each op's tests and tests/test_simt.py "
+    "(several schedules; race, barrier, warp-mask, bounds and uninitialized-shared checks)",
+    "gpu": None,  # no GPU run yet
+}
+
 
 def build_info() -> dict[str, Any]:
     """Facts about the compiled extension.
@@ -14,9 +22,11 @@ def build_info() -> dict[str, Any]:
     architecture list, e.g. ``["80-real", "90-real", "90-virtual"]``), ``cuda_runtime_version``
     (the CUDA runtime the kernels were built against, or None), ``openmp`` and ``num_threads``
     (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it), and ``cpu_isa``
-    (``"avx2"`` or ``"baseline"``: the matrix-product kernel this CPU runs).
+    (``"avx2"`` or ``"baseline"``: the matrix-product kernel this CPU runs), and
+    ``cuda_verification``: what has run the CUDA kernels of this source tree and matched the
+    references (the SIMT emulator in CI; a GPU, naming it, once one has).
     """
-    return dict(_C.build_info())
+    return dict(_C.build_info(), cuda_verification=dict(CUDA_VERIFICATION))
 
 
 def cuda_available() -> bool:
@@ -34,6 +44,9 @@ def runtime_report() -> str:
     lines = [f"fussfast {info['version']}"]
     for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads", "cpu_isa"):
         lines.append(f"  {key}: {info[key]}")
+    checked = info["cuda_verification"]
+    lines.append(f"  CUDA kernels verified under the SIMT emulator: {checked['simt_emulator']}")
+    lines.append(f"  CUDA kernels verified on a GPU: {checked['gpu'] or 'not yet (no GPU run recorded)'}")
     lines.append(f"torch {torch.__version__} (built with CUDA {torch.version.cuda})")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -12,7 +12,8 @@ import fussfast
 def test_build_info_fields():
     info = fussfast.build_info()
     assert set(info) == {"version", "cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp",
-                         "num_threads", "cpu_isa"}
+                         "num_threads", "cpu_isa", "cuda_verification"}
+    assert "every kernel" in info["cuda_verification"]["simt_emulator"]
     assert info["version"] == importlib.metadata.version("fussfast") == fussfast.__version__
     assert isinstance(info["cuda_compiled"], bool) and isinstance(info["openmp"], bool)
     assert info["num_threads"] >= 1 and info["cpu_isa"] in ("avx2", "baseline")
@@ -38,4 +39,5 @@ def test_info_command_runs_without_a_gpu():
     out = subprocess.run([sys.executable, "-m", "fussfast", "info"], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert f"fussfast {fussfast.__version__}" in out
+    assert "verified under the SIMT emulator: every kernel" in out and "verified on a GPU:" in out
     assert "cuda_compiled" in out and "torch" in out
