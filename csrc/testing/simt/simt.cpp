@@ -206,6 +206,12 @@ std::string where(const char* file, int line) {
   throw Violation(L.error);
 }
 
+std::string mask_str(unsigned m) {
+  char s[16];
+  std::snprintf(s, sizeof s, "0x%08x", m);
+  return s;
+}
+
 void yield() { simt_switch(&g_cur->sp, g_launch->scheduler); }
 
 void make_ready(Thread& t) {
@@ -225,11 +231,8 @@ void entry() {
   }
   for (Thread& o : b.threads)
     if (o.warp == t.warp && o.state == State::warp && (o.mask >> t.lane & 1u))
-      fail("warp collective at " + where(o.file, o.line) + " with mask 0x" + [&] {
-        char s[16];
-        std::snprintf(s, sizeof s, "%08x", o.mask);
-        return std::string(s);
-      }() + ": " + who(o) + " waits for lane " + std::to_string(t.lane) + ", which exits");
+      fail("warp collective at " + where(o.file, o.line) + " with mask " + mask_str(o.mask) + ": " + who(o) +
+           " waits for lane " + std::to_string(t.lane) + ", which exits");
   if (g_launch->grid_waiting > 0) fail("grid.sync() divergence: " + who(t) + " exits while other threads wait");
   t.state = State::done;
   ++b.done;
@@ -398,12 +401,6 @@ unsigned full_lanes(const Block& b, int warp) {
   return n >= 32 ? 0xffffffffu : ((1u << n) - 1u);
 }
 
-std::string mask_str(unsigned m) {
-  char s[16];
-  std::snprintf(s, sizeof s, "0x%08x", m);
-  return s;
-}
-
 const char* op_name(WarpOp op) {
   switch (op) {
     case WarpOp::sync: return "__syncwarp";
@@ -469,6 +466,8 @@ void complete_collective(Block& b, int warp, unsigned mask) {
 }
 
 }  // namespace
+
+void report(const std::string& what) { fail(what); }
 
 // ---- identity ------------------------------------------------------------------------------
 

@@ -54,6 +54,9 @@ struct Violation : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Fails the launch with this message (from kernel code: emulated library calls).
+[[noreturn]] void report(const std::string& what);
+
 // ---- per-thread identity -------------------------------------------------------------------
 const uint3& thread_index();
 const uint3& block_index();

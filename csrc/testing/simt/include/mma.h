@@ -34,8 +34,8 @@ inline void collective(SIMT_HERE) {
 
 inline void check_tile_pointer(const void* p, unsigned ldm, size_t element) {
   if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
-    throw ::simt::Violation("wmma: tile pointer is not 256-bit aligned");
-  if ((ldm * element) % 16 != 0) throw ::simt::Violation("wmma: ldm is not a multiple of 16 bytes");
+    ::simt::report("wmma: tile pointer is not 256-bit aligned");
+  if ((ldm * element) % 16 != 0) ::simt::report("wmma: ldm is not a multiple of 16 bytes");
 }
 
 template <class Use, class T, class Layout>
