@@ -30,6 +30,8 @@ def device(request):
     if request.param == "cuda" and not fussfast.cuda_available():
         pytest.skip("needs a CUDA device and a CUDA build of fussfast")
     if request.param == "simt":
+        if request.node.path.parent.name == "bench":
+            pytest.skip("benchmarks time real devices, not the emulator")
         if request.node.get_closest_marker("no_simt"):
             pytest.skip(request.node.get_closest_marker("no_simt").args[0])
         module = request.getfixturevalue("simt_kernels")
