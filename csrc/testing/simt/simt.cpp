@@ -14,7 +14,6 @@
 #include <memory>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <unordered_map>
 
 #include "include/cuda_runtime.h"
