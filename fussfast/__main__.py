@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key for every strategy (repeatable)")
+    show = sub.add_parser("config", help="print the resolved config as TOML, or with --keys every key")
+    show.add_argument("config", nargs="?", help="TOML file (default: the built-in synthetic setup)")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    show.add_argument("--keys", action="store_true", help="the table of keys (Markdown): default, allowed, meaning")
     report = sub.add_parser("report", help="write an HTML report comparing finished runs")
     report.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
     report.add_argument("--out", default="report.html", help="output file (default: report.html)")
@@ -36,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "config":
+            from fussfast.config import keys_markdown, load_config, to_toml
+
+            print(keys_markdown() if args.keys else to_toml(load_config(args.config, args.set)))
         if args.command == "demo":
             from fussfast.config import load_config
             from fussfast.demo import demo as run_demo

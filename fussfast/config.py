@@ -1,96 +1,175 @@
-"""Run configuration: a TOML file, checked key by key, with ``--set key=value`` overrides."""
+"""Run configuration: frozen, typed sections read from a TOML file and ``--set key=value``
+overrides.
+
+Each key is one dataclass field made by ``key()``: its default, type, constraints and the line of
+documentation that ``fussfast config --keys`` prints (and the README's key table is). Validation
+and every error message come from that one table; only checks between keys are written by hand
+(``_check_together``). Names that a key may take are imported from the module that defines them.
+"""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import json
+import math
 import tomllib
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Every key a config may hold, with its default; the type of the default is the key's type
-# (None: optional string).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "task": "unsupervised",          # unsupervised (FUSS: clusters, Hungarian) or supervised (FedSeg: labels)
-    "data": {
-        "kind": "synthetic",         # synthetic (built in), folder, cityscapes, cocostuff27
-        "root": None,                # dataset directory (all kinds but synthetic)
-        "split": "3x6",              # cityscapes: 3x6, 6x3 or 18x1 cities; or class-erased (supervised)
-        "classes_per_site": 2,       # class-erased: classes each site annotates (the rest become ignore)
-        "crop": "center",            # training images: center (resize + centre crop) or five (five-crop)
-        "num_classes": 6,
-        "image_size": 64,            # training resolution (a multiple of the patch size)
-        "eval_size": 64,             # evaluation resolution
-        "sites": 3,                  # synthetic, cocostuff27: number of sites
-        "images_per_site": 48,
-        "eval_images": 24,
-        "alpha": 0.5,                # synthetic, cocostuff27: Dirichlet label skew (0 = IID)
-    },
-    "model": {
-        "backbone": "vit_small_patch8_224.dino",
-        "weights": "random",         # random, timm (download), or a local file
-        "precision": "fp16",
-        "code_dim": 70,
-        "embed_dim": 256,            # supervised: projection embedding for the region contrast
-    },
-    "loss": {
-        "preset": "cityscapes",      # CorrespondenceLoss preset
-        "feature_samples": 11,
-        "num_neighbors": 2,          # kNN positives (FUSS: 2)
-        "objective": "backce+contrast",  # supervised: ce, backce or backce+contrast (FedSeg Table 1a)
-        "contrast_weight": 1.0,      # supervised: lambda of the pixel-to-region contrast
-        "contrast_tau": 0.07,        # supervised: its temperature
-        "pseudo_threshold": 0.8,     # supervised: global-model confidence for a pseudo-label
-        "max_anchors": 4096,         # supervised: anchor pixels per batch, balanced over classes
-    },
-    "train": {
-        "local_steps": 40,           # steps per round
-        "batch_size": 8,
-        "head_lr": 5e-4,
-        "probe_lr": 5e-3,
-        "backend": "fused",          # fused or reference, for every op
-    },
-    "fed": {
-        "strategy": "centralized",   # centralized, local, fedavg, fedprox, moon, fedcc-kmeans, fedcc-maximin
-        "rounds": 3,
-        "clients_per_round": 0,      # clients sampled each round (0: use fraction)
-        "fraction": 1.0,             # share of the clients sampled each round (at least one)
-        "weighted": True,            # average weighted by each site's sample count
-        "mu": 0.001,                 # fedprox
-        "prox_scope": "head",        # fedprox: head (paper) or mlp (FUSS's code)
-        "moon_mu": 1.0,              # moon: weight of the model-contrastive term
-        "moon_tau": 0.5,             # moon: temperature
-        "cc_metric": "euclidean",    # fedcc: euclidean (FUSS) or cosine
-        "local_params": [],          # personalization: "centroids", "head" or head modules ("head.lin")
-        "distill_weight": 0.0,       # global->local distillation of the codes (0: off)
-        "distill": "cosine",         # cosine or kl
-        "min_clients": 1,            # fewer usable updates in a round end the run
-    },
-    "seed": 0,
-    "cache_dir": ".fussfast_cache",
-    "device": "auto",                # auto, cpu, cuda
-}
+from fussfast.data import CITY_SPLITS, CROPS, DATA_KINDS
+from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
+from fussfast.losses import DISTILL_KINDS, PRESETS
+from fussfast.model.backbone import BACKBONES, PRECISIONS
+from fussfast.ops._boundary import BACKENDS
+from fussfast.tasks import OBJECTIVES, TASKS
 
-CHOICES = {
-    ("task",): ("unsupervised", "supervised"),
-    ("loss", "objective"): ("ce", "backce", "backce+contrast"),
-    ("data", "kind"): ("synthetic", "folder", "cityscapes", "cocostuff27"),
-    ("data", "crop"): ("center", "five"),
-    ("model", "precision"): ("fp16", "bf16", "fp32"),
-    ("train", "backend"): ("fused", "reference"),
-    ("fed", "strategy"): ("centralized", "local", "fedavg", "fedprox", "moon", "fedcc-kmeans", "fedcc-maximin"),
-    ("fed", "distill"): ("cosine", "kl"),
-    ("fed", "prox_scope"): ("head", "mlp"),
-    ("fed", "cc_metric"): ("euclidean", "cosine"),
-    ("device",): ("auto", "cpu", "cuda"),
-}
+FED_STRATEGIES = ("centralized", *STRATEGIES)  # centralized: the local strategy over one pooled site
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
     """A config problem, with the offending key in the message."""
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
-    config = copy.deepcopy(DEFAULTS)
+def key(default: Any, doc: str, *, choices=None, at_least=None, above=None, at_most=None) -> Any:
+    """A config key: ``default``, one line of ``doc``, and what values it allows."""
+    meta = {"doc": doc, "choices": tuple(choices) if choices is not None else None, "at_least": at_least,
+            "above": above, "at_most": at_most}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = key("synthetic", "synthetic (built in), folder, cityscapes or cocostuff27", choices=DATA_KINDS)
+    root: str | None = key(None, "dataset directory (every kind but synthetic)")
+    split: str = key("3x6", "cityscapes: 3x6, 6x3 or 18x1 cities per site; or class-erased (supervised)")
+    classes_per_site: int = key(2, "class-erased: classes each site annotates (the rest become ignore)",
+                                at_least=1)
+    crop: str = key("center", "training images: center (resize + centre crop) or five (five-crop)",
+                    choices=CROPS)
+    num_classes: int = key(6, "classes in the data (clusters, unsupervised)", at_least=1)
+    image_size: int = key(64, "training resolution (a multiple of the patch size)", at_least=1)
+    eval_size: int = key(64, "evaluation resolution", at_least=1)
+    sites: int = key(3, "synthetic, cocostuff27: number of sites", at_least=1)
+    images_per_site: int = key(48, "synthetic: training images per site", at_least=1)
+    eval_images: int = key(24, "synthetic: images of the shared evaluation set", at_least=1)
+    alpha: float = key(0.5, "synthetic, cocostuff27: Dirichlet label skew over sites (0: IID)", at_least=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = key("vit_small_patch8_224.dino", "frozen DINO ViT (timm name)", choices=BACKBONES)
+    weights: str = key("random", "random, timm (downloads), or a local weights file")
+    precision: str = key("fp16", "backbone precision", choices=PRECISIONS)
+    code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1)
+    embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    preset: str = key("cityscapes", "correspondence-loss weights and shifts (STEGO's presets)", choices=PRESETS)
+    feature_samples: int = key(11, "correspondence loss: grid points per side sampled per image", at_least=1)
+    num_neighbors: int = key(2, "kNN positives per image (FUSS: 2)", at_least=1)
+    objective: str = key("backce+contrast", "supervised: ce, backce or backce+contrast (FedSeg Table 1a)",
+                         choices=OBJECTIVES)
+    contrast_weight: float = key(1.0, "supervised: lambda of the pixel-to-region contrast", at_least=0)
+    contrast_tau: float = key(0.07, "supervised: temperature of the contrast", above=0)
+    pseudo_threshold: float = key(0.8, "supervised: global-model confidence for a pseudo-label", at_least=0,
+                                  at_most=1)
+    max_anchors: int = key(4096, "supervised: anchor pixels per batch, balanced over classes", at_least=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = key(40, "local steps per round", at_least=1)
+    batch_size: int = key(8, "images per step", at_least=1)
+    head_lr: float = key(5e-4, "Adam learning rate of the head", above=0)
+    probe_lr: float = key(5e-3, "unsupervised: Adam learning rate of the centroids", above=0)
+    backend: str = key("fused", "fused kernels or the pure-torch references, for every op", choices=BACKENDS)
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    strategy: str = key("centralized", "how the server combines the sites (table above)", choices=FED_STRATEGIES)
+    rounds: int = key(3, "federated rounds", at_least=1)
+    clients_per_round: int = key(0, "sites sampled each round (0: use fed.fraction)", at_least=0)
+    fraction: float = key(1.0, "share of the sites sampled each round (at least one)", above=0, at_most=1)
+    weighted: bool = key(True, "average weighted by each site's sample count")
+    mu: float = key(0.001, "fedprox: weight of the proximal term", at_least=0)
+    prox_scope: str = key("head", "fedprox: head (the paper) or mlp (FUSS's code)", choices=PROX_SCOPES)
+    moon_mu: float = key(1.0, "moon: weight of the model-contrastive term", at_least=0)
+    moon_tau: float = key(0.5, "moon: temperature", above=0)
+    cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
+    local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head" or head '
+                                            'modules ("head.lin")')
+    distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
+    distill: str = key("cosine", "distillation: cosine or kl", choices=DISTILL_KINDS)
+    min_clients: int = key(1, "fewer usable updates in a round end the run", at_least=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    task: str = key("unsupervised", "unsupervised (FUSS: clusters, Hungarian) or supervised (FedSeg: labels)",
+                    choices=TASKS)
+    seed: int = key(0, "seed of the data, the models and the sampling", at_least=0)
+    cache_dir: str = key(".fussfast_cache", "where backbone features are cached")
+    device: str = key("auto", "auto (cuda when available), cpu or cuda", choices=DEVICES)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+
+    @property
+    def supervised(self) -> bool:
+        return self.task == "supervised"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested plain dict (as in metrics.json and the checkpoint)."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: list[str]) -> "Config":
+        """This config with ``--set``-style ``key=value`` overrides, checked."""
+        return _build(self.to_dict(), overrides)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in ("data", "model", "loss", "train", "fed")}
+
+
+def keys() -> list[tuple[str, dataclasses.Field, Any]]:
+    """Every key as ``(dotted name, field, type)``, in table order."""
+    out = []
+    for cls, prefix in [(Config, "")] + [(_section(name), f"{name}.") for name in SECTIONS]:
+        hints = typing.get_type_hints(cls)
+        out += [(prefix + f.name, f, hints[f.name]) for f in dataclasses.fields(cls) if "doc" in f.metadata]
+    return out
+
+
+def keys_markdown() -> str:
+    """The key table of the README: key, default, allowed values, meaning."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, f, _ in keys():
+        rows.append(f"| `{name}` | `{_toml(f.default)}` | {_allowed(f.metadata) or ''} | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+def to_toml(config: Config) -> str:
+    """``config`` as a TOML file that ``load_config`` reads back to the same config."""
+    top, tables = [], []
+    for name, value in config.to_dict().items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{name}]\n" + "".join(f"{k} = {_toml(v, True)}\n" for k, v in value.items()
+                                                      if v is not None))
+        elif value is not None:
+            top.append(f"{name} = {_toml(value, True)}\n")
+    return ("".join(top) + "".join(tables)).strip() + "\n"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The defaults, updated by the TOML file at ``path`` and then by ``overrides``."""
+    user: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -99,106 +178,133 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
             user = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        _merge(config, user, DEFAULTS, "")
+    return _build(user, overrides)
+
+
+def _build(user: dict[str, Any], overrides: list[str]) -> Config:
     for item in overrides:
-        key, sep, raw = item.partition("=")
+        name, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw  # a bare word: take it as a string
-        *parents, leaf = key.strip().split(".")
-        nested: dict[str, Any] = {leaf: value}
-        for p in reversed(parents):
-            nested = {p: nested}
-        _merge(config, nested, DEFAULTS, "")
-    _check_choices(config)
+        *parents, leaf = name.strip().split(".")
+        table = user
+        for p in parents:
+            table = table.setdefault(p, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"config key {p!r} must be a table")
+        table[leaf] = value
+    config = _section_from(Config, user, "")
+    _check_together(config)
     return config
 
 
-def _merge(config: dict, user: dict, schema: dict, prefix: str) -> None:
-    for key, value in user.items():
-        name = f"{prefix}{key}"
-        if key not in schema:
-            raise ConfigError(f"unknown config key {name!r}")
-        default = schema[key]
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {name!r} must be a table")
-            _merge(config[key], value, default, name + ".")
-            continue
-        config[key] = _typed(name, value, default)
+def _section(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
 
 
-def _typed(name: str, value: Any, default: Any) -> Any:
-    if default is None:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {name!r} must be a string, got {type(value).__name__}")
-        return value
-    want = type(default)
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {name!r} must be {want.__name__}, got {type(value).__name__} ({value!r})")
+def _section_from(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.')!r} must be a table")
+    hints, known = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"unknown config key {prefix + name!r}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in SECTIONS and cls is Config:
+            kwargs[name] = _section_from(_section(name), value, f"{name}.")
+        else:
+            kwargs[name] = _checked(prefix + name, value, hints[name], known[name].metadata)
+    return cls(**kwargs)
+
+
+def _checked(name: str, value: Any, kind: Any, meta: dict) -> Any:
+    """``value`` as the key's type, or a ConfigError that names the key."""
+    if kind == tuple[str, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key {name!r} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if kind == str | None:
+        kind = str
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {name!r} must be {kind.__name__}, got {type(value).__name__} ({value!r})")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"config key {name!r} must be a finite number, got {value!r}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"config key {name!r} must be one of {meta['choices']}, got {value!r}")
+    low, high = meta["at_least"], meta["at_most"]
+    below = meta["above"] is not None and value <= meta["above"]
+    if below or (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"config key {name!r} must be {_allowed(meta)}, got {value!r}")
     return value
 
 
-def _check_choices(config: dict) -> None:
-    for path, allowed in CHOICES.items():
-        value = config
-        for p in path:
-            value = value[p]
-        if value not in allowed:
-            raise ConfigError(f"config key {'.'.join(path)!r} must be one of {allowed}, got {value!r}")
-    positive = [("data", "num_classes"), ("data", "image_size"), ("data", "eval_size"), ("data", "sites"),
-                ("data", "images_per_site"), ("data", "eval_images"), ("data", "classes_per_site"),
-                ("model", "code_dim"), ("model", "embed_dim"), ("loss", "max_anchors"),
-                ("train", "local_steps"), ("train", "batch_size"), ("fed", "rounds"), ("fed", "min_clients")]
-    for section, key in positive:
-        if config[section][key] < 1:
-            raise ConfigError(f"config key '{section}.{key}' must be >= 1, got {config[section][key]}")
-    if config["data"]["alpha"] < 0:
-        raise ConfigError("config key 'data.alpha' must be >= 0")
-    fed = config["fed"]
-    if not 0 < fed["fraction"] <= 1:
-        raise ConfigError(f"config key 'fed.fraction' must be in (0, 1], got {fed['fraction']}")
-    for key in ("clients_per_round", "mu", "moon_mu", "distill_weight"):
-        if fed[key] < 0:
-            raise ConfigError(f"config key 'fed.{key}' must be >= 0, got {fed[key]}")
-    if fed["moon_tau"] <= 0:
-        raise ConfigError(f"config key 'fed.moon_tau' must be > 0, got {fed['moon_tau']}")
-    if not all(isinstance(p, str) for p in fed["local_params"]):
-        raise ConfigError(f"config key 'fed.local_params' must be a list of strings, got {fed['local_params']!r}")
-    data = config["data"]
-    supervised = config["task"] == "supervised"
-    erased = data["split"] == "class-erased"
-    if data["kind"] != "synthetic":
-        if data["root"] is None or not Path(data["root"]).is_dir():
-            raise ConfigError(f"config key 'data.root': no dataset directory at {data['root']}")
+def _allowed(meta: dict) -> str | None:
+    if meta["choices"] is not None:
+        return ", ".join(meta["choices"])
+    low = f"[{meta['at_least']}" if meta["at_least"] is not None else f"({meta['above']}" \
+        if meta["above"] is not None else None
+    if low and meta["at_most"] is not None:
+        return f"in {low}, {meta['at_most']}]"
+    if meta["at_most"] is not None:
+        return f"<= {meta['at_most']}"
+    if low:
+        return f">= {low[1:]}" if low[0] == "[" else f"> {low[1:]}"
+    return None
+
+
+def _check_together(c: Config) -> None:
+    """The rules that involve more than one key."""
+    data, erased = c.data, c.data.split == "class-erased"
+    if data.kind != "synthetic":
+        if data.root is None or not Path(data.root).is_dir():
+            raise ConfigError(f"config key 'data.root': no dataset directory at {data.root}")
         # Cityscapes: 27 classes (labelId - 7) unsupervised as in STEGO, the 19 trainIds supervised
-        classes = 19 if supervised and data["kind"] == "cityscapes" else 27
-        if data["kind"] in ("cityscapes", "cocostuff27") and data["num_classes"] != classes:
-            raise ConfigError(f"config key 'data.num_classes' must be {classes} for {config['task']} {data['kind']}")
-        if data["kind"] == "cityscapes" and data["split"] not in ("3x6", "6x3", "18x1", "class-erased"):
-            raise ConfigError("config key 'data.split' must be 3x6, 6x3, 18x1 or class-erased for cityscapes")
+        classes = 19 if c.supervised and data.kind == "cityscapes" else 27
+        if data.kind in ("cityscapes", "cocostuff27") and data.num_classes != classes:
+            raise ConfigError(f"config key 'data.num_classes' must be {classes} for {c.task} {data.kind}")
+        if data.kind == "cityscapes" and data.split not in (*CITY_SPLITS, "class-erased"):
+            raise ConfigError(f"config key 'data.split' must be one of {(*CITY_SPLITS, 'class-erased')} for "
+                              f"cityscapes, got {data.split!r}")
     if erased:
-        if not supervised:
+        if not c.supervised:
             raise ConfigError("config key 'data.split' = 'class-erased' needs task = 'supervised' (it erases labels)")
-        if data["kind"] not in ("synthetic", "cityscapes"):
+        if data.kind not in ("synthetic", "cityscapes"):
             raise ConfigError(f"config key 'data.split' = 'class-erased' is for synthetic or cityscapes data, "
-                              f"not {data['kind']!r}")
-        if data["classes_per_site"] > data["num_classes"]:
+                              f"not {data.kind!r}")
+        if data.classes_per_site > data.num_classes:
             raise ConfigError(f"config key 'data.classes_per_site' must be <= data.num_classes "
-                              f"({data['num_classes']}), got {data['classes_per_site']}")
-    loss = config["loss"]
-    if loss["contrast_weight"] < 0 or loss["contrast_tau"] <= 0:
-        raise ConfigError("config keys 'loss.contrast_weight' must be >= 0 and 'loss.contrast_tau' > 0")
-    if not 0 <= loss["pseudo_threshold"] <= 1:
-        raise ConfigError(f"config key 'loss.pseudo_threshold' must be in [0, 1], got {loss['pseudo_threshold']}")
-    if supervised and fed["strategy"].startswith("fedcc"):
-        raise ConfigError(f"config key 'fed.strategy': {fed['strategy']} re-clusters centroids, which the "
+                              f"({data.num_classes}), got {data.classes_per_site}")
+    if c.supervised and c.fed.strategy.startswith("fedcc"):
+        raise ConfigError(f"config key 'fed.strategy': {c.fed.strategy} re-clusters centroids, which the "
                           "supervised head does not have; choose fedavg, fedprox, moon, local or centralized")
-    weights = config["model"]["weights"]
-    if weights not in ("random", "timm") and not Path(weights).is_file():
-        raise ConfigError(f"config key 'model.weights': no file at {weights}")
+    if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
+        raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
+    if c.model.weights not in ("random", "timm") and not Path(c.model.weights).is_file():
+        raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _toml(value: Any, exact: bool = False) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value) if exact else f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v, exact) for v in value) + "]"
+    return repr(value)

@@ -148,6 +148,9 @@ def moon_contrast(code: torch.Tensor, code_global: torch.Tensor, code_previous: 
     return (torch.logaddexp(pos, neg) - pos).mean()
 
 
+DISTILL_KINDS = ("cosine", "kl")
+
+
 def code_distill(code: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
     """Global→local distillation on per-pixel codes ``[B, D, H, W]`` (``target`` is detached):
     ``cosine``: mean of 1 - cos(z, z_g); ``kl``: mean over pixels of KL(softmax(z_g) || softmax(z))
@@ -158,7 +161,7 @@ def code_distill(code: torch.Tensor, target: torch.Tensor, kind: str = "cosine")
     if kind == "kl":
         p = F.log_softmax(target, dim=1)
         return (p.exp() * (p - F.log_softmax(code, dim=1))).sum(1).mean()
-    raise ValueError(f"code_distill: kind must be 'cosine' or 'kl', got {kind!r}")
+    raise ValueError(f"code_distill: kind must be one of {DISTILL_KINDS}, got {kind!r}")
 
 
 @dataclass

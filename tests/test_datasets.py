@@ -84,7 +84,7 @@ def test_dirichlet_split_partitions_and_skews():
 
 def test_cityscapes_train_ids_and_class_erased_sites(tmp_path):
     from fussfast.config import load_config
-    from fussfast.run import make_data
+    from fussfast.assemble import make_data
 
     # labelIds: 7 road -> 0, 26 car -> 13, 33 bicycle -> 18, 9 parking and 3 void -> ignore
     for split, n in (("train", 6), ("val", 2)):
@@ -104,9 +104,9 @@ def test_cityscapes_train_ids_and_class_erased_sites(tmp_path):
                                 "data.num_classes=19", "data.split=\"class-erased\"", "data.sites=19",
                                 "data.classes_per_site=1"])
     with pytest.raises(ValueError, match="no image contains the classes of"):
-        make_data(config["data"], 0)  # most of the 19 one-class sites find no image
-    config["data"]["sites"], config["data"]["classes_per_site"] = 2, 10
-    sites, evaluation, labelled = make_data(config["data"], 0)
+        make_data(config.data, 0)  # most of the 19 one-class sites find no image
+    config = config.replace(["data.sites=2", "data.classes_per_site=10"])
+    sites, evaluation, labelled = make_data(config.data, 0)
     assert labelled == {"site0": list(range(10)), "site1": [0, *range(10, 19)]}
     assert len(sites["site0"]) + len(sites["site1"]) == 6 and len(evaluation) == 2
     for name, site in sites.items():

@@ -18,7 +18,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fussfast.fed import make_strategy  # noqa: E402
-from fussfast.fed.flower import FussfastStrategy  # noqa: E402
+from fussfast.flower import FussfastStrategy  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower"
 
@@ -117,10 +117,19 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
         wait_until_up(f"http://127.0.0.1:{link}/health", procs[0], timeout=120)
         run_config = tmp_path / "run_config.toml"  # a file: overrides hold quotes and spaces
         run_config.write_text(f"set = '{overrides}'\nout-dir = '{out}'\nround-timeout = 240.0\n")
-        result = subprocess.run(["flwr", "run", str(EXAMPLE), "loopback", "--stream", "--run-config", str(run_config)],
-                                env={**env, "FLWR_HOME": str(home / "cli")}, capture_output=True, text=True,
-                                timeout=420)
+
+        def flwr_run():
+            return subprocess.run(["flwr", "run", str(EXAMPLE), "loopback", "--stream", "--run-config",
+                                   str(run_config)], env={**env, "FLWR_HOME": str(home / "cli")}, capture_output=True,
+                                  text=True, timeout=420)
+
+        result = flwr_run()
         wall = time.monotonic() - t0
+        if "fedcc" in task and result.returncode == 0:  # the server carries on from its checkpoint
+            first = json.loads((out / "metrics.json").read_text())["rounds"]
+            run_config.write_text(f"set = '{overrides.replace('fed.rounds=2', 'fed.rounds=3')}'\nout-dir = '{out}'\n"
+                                  "round-timeout = 240.0\nresume = true\n")
+            resumed = flwr_run()
     finally:
         for p in procs:
             try:
@@ -135,11 +144,17 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
     logs = "\n".join((tmp_path / f"{n}.log").read_text()[-3000:] for n in ("superlink", "site0", "site1"))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + logs
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2], result.stdout[-4000:] + logs
+    assert [r["round"] for r in metrics["rounds"]][:2] == [1, 2], result.stdout[-4000:] + logs
     for r in metrics["rounds"]:
         assert sorted(r["sampled"]) == ["site0", "site1"] and r["excluded"] == {}
         if "fedcc" in task:
             assert r["centroid_shift"] > 0  # the global centroids changed every round
         assert set(r["clients"]) == {"site0", "site1"} and 0 <= r["global"]["miou"] <= 100
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 2
+    if "fedcc" in task:
+        assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+        assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+        assert metrics["rounds"][:2] == first  # the first two rounds are kept as they were
+        assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 3
+    else:
+        assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 2
     print(f"loopback: 2 rounds in {wall:.1f} s")

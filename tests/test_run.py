@@ -95,7 +95,7 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="--set expects key=value"):
         load_config(None, ["fed.rounds"])
-    assert load_config(None, ["fed.rounds=5", "train.head_lr=1"])["train"]["head_lr"] == 1.0
+    assert load_config(None, ["fed.rounds=5", "train.head_lr=1"]).train.head_lr == 1.0
 
 
 def test_cli_reports_errors_without_traceback(tmp_path):
@@ -144,7 +144,7 @@ def test_nan_update_is_left_out(tmp_path, monkeypatch):
 
 
 def test_failing_client_is_left_out_and_min_clients_ends_the_run(tmp_path, monkeypatch):
-    from fussfast.pipeline import SiteModel
+    from fussfast.tasks import SiteModel
 
     real = SiteModel.train_steps
 

@@ -13,7 +13,7 @@ from fussfast.data.datasets import class_erased_split, erased_site_classes
 from fussfast.eval import identity_scores
 from fussfast.losses import RegionContrast, balanced_anchors, labels_at
 from fussfast.model import SupervisedHead
-from fussfast.pipeline import FeatureSet
+from fussfast.features import FeatureSet
 from fussfast.run import run
 
 
@@ -170,7 +170,7 @@ def test_supervised_config_errors():
         (["task=\"semi\""], "'task' must be one of"),
         (["loss.objective=\"dice\""], "'loss.objective' must be one of"),
         (["loss.pseudo_threshold=1.5"], "'loss.pseudo_threshold' must be in"),
-        (["loss.contrast_tau=0"], "'loss.contrast_tau' > 0"),
+        (["loss.contrast_tau=0"], "'loss.contrast_tau' must be > 0"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

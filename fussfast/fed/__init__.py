@@ -1,7 +1,9 @@
-"""Federation: clients, server strategies, the in-process round loop and its checkpoints."""
+"""Federation: server strategies, clients, the server's round screening, the in-process round
+loop and the checkpoint format."""
 
+from fussfast.fed.server import Server, TooFewUpdates
 from fussfast.fed.strategy import (STRATEGIES, FedAvg, FedCC, FedProx, Local, Moon, Strategy, Update, check_update,
-                                   make_strategy)
+                                   make_strategy, register, strategy_from_config)
 
-__all__ = ["STRATEGIES", "FedAvg", "FedCC", "FedProx", "Local", "Moon", "Strategy", "Update", "check_update",
-           "make_strategy"]
+__all__ = ["STRATEGIES", "FedAvg", "FedCC", "FedProx", "Local", "Moon", "Server", "Strategy", "TooFewUpdates",
+           "Update", "check_update", "make_strategy", "register", "strategy_from_config"]

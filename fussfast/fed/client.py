@@ -1,4 +1,4 @@
-"""A federated client: one site's cached features and its SiteModel, with fit and evaluate."""
+"""A federated client: one site's cached features and its local model, with fit and evaluate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from fussfast.fed.checkpoint import flatten, unflatten
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
-from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
+from fussfast.features import FeatureSet
+from fussfast.tasks import LocalModel
 
 
 class Client:
@@ -20,7 +21,7 @@ class Client:
     representations (codes, or the supervised head's embeddings) of the round's starting model
     (the global arrays plus this client's local ones) and the local ones (``distill``: cosine or kl)."""
 
-    def __init__(self, name: str, data: FeatureSet, model: SiteModel | SupervisedModel, *, local_steps: int,
+    def __init__(self, name: str, data: FeatureSet, model: LocalModel, *, local_steps: int,
                  batch_size: int, table: torch.Tensor | None = None, distill_weight: float = 0.0,
                  distill: str = "cosine"):
         self.name, self.data, self.model = name, data, model

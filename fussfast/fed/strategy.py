@@ -5,6 +5,9 @@ its sample count and metrics. ``Strategy.aggregate(round, updates, current)`` re
 global arrays. Names that start with one of ``local_params`` stay on the clients (FUSS's
 "encoder" variant keeps ``centroids`` local; pFedSAM-style adapters keep their modules local).
 Only the head and the centroids travel; the frozen backbone never does.
+
+A new strategy is a ``Strategy`` subclass here with ``@register(name)``, and an ``options``
+classmethod if it reads config keys (``fed.<key>``, declared in ``fussfast/config.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,20 @@ from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
 
 CENTROIDS = "centroids"
+CC_METRICS = ("euclidean", "cosine")
+PROX_SCOPES = ("head", "mlp")
+_REGISTRY: dict[str, tuple[type, dict]] = {}
+
+
+def register(name: str, **fixed):
+    """Makes a Strategy class available as ``fed.strategy = name`` (``fixed``: its constructor
+    arguments for that name)."""
+
+    def add(cls):
+        _REGISTRY[name] = (cls, fixed)
+        return cls
+
+    return add
 
 
 @dataclass
@@ -54,6 +71,11 @@ class Strategy:
 
     def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = ()):
         self.weighted, self.local_params = weighted, tuple(local_params)
+
+    @classmethod
+    def options(cls, fed, seed: int) -> dict:
+        """Constructor arguments from a config's ``fed`` section (a ``FedConfig``)."""
+        return {"weighted": fed.weighted, "local_params": tuple(fed.local_params)}
 
     def is_local(self, name: str) -> bool:
         return any(name == p or name.startswith(p + ".") for p in self.local_params)
@@ -96,10 +118,12 @@ class Strategy:
         return None
 
 
+@register("fedavg")
 class FedAvg(Strategy):
     name = "fedavg"
 
 
+@register("local")
 class Local(Strategy):
     """No server: every array stays on its client (the ``local`` and ``centralized`` baselines)."""
 
@@ -109,10 +133,15 @@ class Local(Strategy):
         kwargs.pop("local_params", None)
         super().__init__(local_params=("head", CENTROIDS), **kwargs)
 
+    @classmethod
+    def options(cls, fed, seed):
+        return {"weighted": fed.weighted}
+
     def aggregate(self, round, updates, current):
         return dict(current)
 
 
+@register("moon")
 class Moon(Strategy):
     """FedAvg aggregation plus MOON's model-contrastive client term on the per-pixel codes,
     ``mu * moon_contrast(z, z_global, z_previous, tau)`` (MOON: tau 0.5, mu 1 to 5)."""
@@ -126,10 +155,15 @@ class Moon(Strategy):
             raise ValueError(f"moon: mu must be >= 0 and tau > 0, got mu={mu!r}, tau={tau!r}")
         self.mu, self.tau = mu, tau
 
+    @classmethod
+    def options(cls, fed, seed):
+        return {**super().options(fed, seed), "mu": fed.moon_mu, "tau": fed.moon_tau}
+
     def client_contrast(self, code, code_global, code_previous):
         return self.mu * moon_contrast(code, code_global, code_previous, self.tau)
 
 
+@register("fedprox")
 class FedProx(Strategy):
     """FedAvg aggregation plus the client term (mu / 2) * sum ||theta - theta_global||^2 over the
     head's parameters; ``scope="mlp"`` restricts it to the MLP branch, as FUSS's code does.
@@ -139,11 +173,15 @@ class FedProx(Strategy):
 
     def __init__(self, *, mu: float = 0.001, scope: str = "head", **kwargs):
         super().__init__(**kwargs)
-        if scope not in ("head", "mlp"):
-            raise ValueError(f"fedprox: scope must be 'head' or 'mlp', got {scope!r}")
+        if scope not in PROX_SCOPES:
+            raise ValueError(f"fedprox: scope must be one of {PROX_SCOPES}, got {scope!r}")
         if not math.isfinite(mu) or mu < 0:
             raise ValueError(f"fedprox: mu must be a finite number >= 0, got {mu!r}")
         self.mu, self.scope = mu, scope
+
+    @classmethod
+    def options(cls, fed, seed):
+        return {**super().options(fed, seed), "mu": fed.mu, "scope": fed.prox_scope}
 
     def client_penalty(self, params, global_params):
         total = torch.zeros(())
@@ -154,42 +192,49 @@ class FedProx(Strategy):
         return self.mu / 2 * total
 
 
+@register("fedcc-maximin", method="maximin")
+@register("fedcc-kmeans", method="kmeans")
 class FedCC(Strategy):
     """FUSS's FedCC: heads are averaged, all clients' centroids are pooled (n_clients * K points)
     and re-clustered on the server. ``method="kmeans"``: k-means++ with n_init 10, the K centres
     become the global centroids; ``method="maximin"``: greedy farthest-point choice of K pooled
-    centroids starting at client 0's centroid 0. Defaults follow FUSS (Euclidean on the raw
-    centroids); options: cosine metric, normalized centroids, weighting by sample count (kmeans)."""
+    centroids starting at client 0's centroid 0. Euclidean on the raw centroids as in FUSS, or
+    ``metric="cosine"``."""
 
-    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", normalize: bool = False,
-                 weight_centroids: bool = False, seed: int = 0, **kwargs):
+    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if method not in ("kmeans", "maximin"):
             raise ValueError(f"fedcc: method must be 'kmeans' or 'maximin', got {method!r}")
-        self.method, self.metric, self.normalize = method, metric, normalize
-        self.weight_centroids, self.seed = weight_centroids, seed
+        if metric not in CC_METRICS:
+            raise ValueError(f"fedcc: metric must be one of {CC_METRICS}, got {metric!r}")
+        self.method, self.metric, self.seed = method, metric, seed
         self.name = f"fedcc-{method}"
+
+    @classmethod
+    def options(cls, fed, seed):
+        return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed}
 
     def combine_centroids(self, centroids, updates):
         K = centroids[0].shape[0]
         pooled = torch.cat([c.double() for c in centroids])
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=1)
         if self.method == "maximin":
             return pooled[maximin(pooled, K, metric=self.metric, start=0)]
-        weights = None
-        if self.weight_centroids:
-            weights = torch.tensor([float(u.num_samples) for u in updates for _ in range(K)], dtype=torch.float64)
-        return kmeans(pooled, K, weights=weights, metric=self.metric, n_init=10, seed=self.seed).centroids
+        return kmeans(pooled, K, metric=self.metric, n_init=10, seed=self.seed).centroids
 
 
-STRATEGIES = ("local", "fedavg", "fedprox", "moon", "fedcc-kmeans", "fedcc-maximin")
+STRATEGIES = tuple(_REGISTRY)
 
 
 def make_strategy(name: str, **options) -> Strategy:
     """One of ``STRATEGIES`` with its options."""
-    if name in ("local", "fedavg", "fedprox", "moon"):
-        return {"local": Local, "fedavg": FedAvg, "fedprox": FedProx, "moon": Moon}[name](**options)
-    if name in ("fedcc-kmeans", "fedcc-maximin"):
-        return FedCC(method=name.removeprefix("fedcc-"), **options)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+    cls, fixed = _REGISTRY[name]
+    return cls(**fixed, **options)
+
+
+def strategy_from_config(fed, seed: int) -> Strategy:
+    """The strategy of a config's ``fed`` section; ``centralized`` is ``local`` over one pooled site."""
+    name = "local" if fed.strategy == "centralized" else fed.strategy
+    cls, fixed = _REGISTRY[name]
+    return cls(**fixed, **cls.options(fed, seed))

@@ -21,10 +21,6 @@ class ClusterProbe(nn.Module):
         self.n_classes, self.dim, self.backend = n_classes, dim, backend
         self.clusters = nn.Parameter(torch.randn(n_classes, dim))
 
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.clusters.copy_(torch.randn(self.n_classes, self.dim))
-
     def forward(self, codes: torch.Tensor, alpha: float | None = None, log_probs: bool = False):
         if log_probs:
             if alpha is None:

@@ -1,3 +1,3 @@
-from fussfast.fed.flower import client_app as app
+from fussfast.flower import client_app as app
 
 __all__ = ["app"]

@@ -1,3 +1,3 @@
-from fussfast.fed.flower import server_app as app
+from fussfast.flower import server_app as app
 
 __all__ = ["app"]

@@ -1,0 +1,182 @@
+"""Everything a run builds before its first round, from a ``Config``: data → sites → features →
+models → clients → strategy → federation. ``fussfast run`` and the Flower apps both build here."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fussfast.config import Config, ConfigError, DataConfig
+from fussfast.data import synthetic_federation
+from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, class_erased_split, cocostuff27,
+                                    dirichlet_split, erased_site_classes, folder_federation)
+from fussfast.features import FeatureSet, extract, weights_digest
+from fussfast.fed.client import Client
+from fussfast.fed.loop import Federation
+from fussfast.fed.strategy import Strategy, strategy_from_config
+from fussfast.losses import CorrespondenceConfig, RegionContrast
+from fussfast.model import FrozenBackbone, knn_table
+from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
+
+
+def make_data(data: DataConfig, seed: int):
+    """The sites' training datasets, the shared evaluation set, and the classes each site
+    annotates (None: all; only class-erased splits erase labels)."""
+    size, eval_size, five = data.image_size, data.eval_size, data.crop == "five"
+    K, erased = data.num_classes, data.split == "class-erased"
+    labelled = erased_site_classes(data.sites, K, data.classes_per_site) if erased else None
+    if data.kind == "synthetic":
+        probs = None
+        if erased:  # every site sees every class; half its pixels are of the classes it annotates
+            probs = [np.where(np.isin(np.arange(K), own), 0.5 / len(own), 0.5 / max(K - len(own), 1))
+                     for own in labelled]
+        sites, evaluation = synthetic_federation(
+            num_sites=data.sites, num_classes=K, images_per_site=data.images_per_site, alpha=data.alpha or None,
+            class_probs=probs, eval_images=data.eval_images, image_size=size, seed=seed)
+        evaluation.image_size = eval_size
+    elif data.kind == "folder":
+        sites, evaluation = folder_federation(data.root, size, eval_size)
+    elif data.kind == "cityscapes":
+        evaluation = cityscapes27(data.root, "val", eval_size, num_classes=K)
+        if erased:
+            train = cityscapes27(data.root, "train", size, five_crop=five, num_classes=K)
+            image_classes = [train.classes(i) for i in range(0, len(train), train.crops)]
+            sites = _image_sites(train, class_erased_split(image_classes, labelled, seed))
+        else:
+            sites = cityscapes_sites(data.root, data.split, size, five, num_classes=K)
+    else:
+        full = cocostuff27(data.root, "train", size)
+        masks = (full[i][1] for i in range(len(full)))
+        dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
+        parts = dirichlet_split(dominant, data.sites, data.alpha or 1e6, seed)
+        sites = {k: v for k, v in _image_sites(cocostuff27(data.root, "train", size, five), parts).items() if len(v)}
+        evaluation = cocostuff27(data.root, "val", eval_size)
+    if labelled is not None:
+        empty = [name for name, ds in sites.items() if len(ds) == 0]
+        if empty:
+            raise ConfigError(f"class-erased split: no image contains the classes of {empty}")
+        labelled = dict(zip(sites, labelled))
+    return sites, evaluation, labelled
+
+
+def _image_sites(train, parts) -> dict:
+    """``site<s>``: the items of the images ``parts[s]`` of ``train`` (all five crops of each)."""
+    return {f"site{s}": Subset(f"site{s}", train, [i * train.crops + c for i in idx for c in range(train.crops)])
+            for s, idx in enumerate(parts)}
+
+
+@dataclass
+class Setup:
+    """A config's device and cached features, and the factories of its models, clients,
+    strategy and federation."""
+
+    config: Config
+    device: torch.device
+    train: dict[str, FeatureSet]  # per site
+    shared: FeatureSet  # the shared evaluation set
+    evaluation: object  # its dataset (for sample images)
+    feature_dim: int
+    seconds: float  # feature extraction (cache reads when warm)
+
+    def new_model(self) -> LocalModel:
+        c, t, loss = self.config, self.config.train, self.config.loss
+        if c.supervised:
+            contrast = RegionContrast(c.data.num_classes, tau=loss.contrast_tau, weight=loss.contrast_weight,
+                                      threshold=loss.pseudo_threshold, max_anchors=loss.max_anchors,
+                                      backend=t.backend)
+            return SupervisedModel(self.feature_dim, c.data.num_classes, embed_dim=c.model.embed_dim,
+                                   objective=loss.objective, contrast=contrast, lr=t.head_lr, backend=t.backend,
+                                   device=self.device)
+        correspondence = CorrespondenceConfig.preset(loss.preset, feature_samples=loss.feature_samples)
+        return SiteModel(self.feature_dim, c.model.code_dim, c.data.num_classes, loss=correspondence,
+                         num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
+                         backend=t.backend, device=self.device)
+
+    def clients(self) -> dict[str, Client]:
+        """One client per site, or for ``centralized`` one holding every site's data (kNN
+        positives are still found within each site)."""
+        fed, t = self.config.fed, self.config.train
+        options = dict(local_steps=t.local_steps, batch_size=t.batch_size, distill_weight=fed.distill_weight,
+                       distill=fed.distill)
+        if fed.strategy != "centralized":
+            return {name: Client(name, d, self.new_model(), **options) for name, d in self.train.items()}
+        data = list(self.train.values())
+        pooled = FeatureSet(*(torch.cat([getattr(d, k) for d in data]) for k in ("features", "descriptors", "masks")))
+        if data[0].labelled is not None:  # class-erased: every site's images keep their site's classes
+            pooled.labelled = torch.cat([d.labelled for d in data])
+        tables, offset = [], 0
+        for d in data:
+            tables.append(knn_table(d.descriptors) + offset)
+            offset += d.features.shape[0]
+        width = min(t.shape[1] for t in tables)
+        table = torch.cat([t[:, :width] for t in tables])
+        return {"all": Client("all", pooled, self.new_model(), table=table, **options)}
+
+    def strategy(self, arrays: dict[str, torch.Tensor]) -> Strategy:
+        """The config's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names."""
+        strategy = strategy_from_config(self.config.fed, self.config.seed)
+        for group in self.config.fed.local_params:
+            if not any(k == group or k.startswith(group + ".") for k in arrays):
+                groups = sorted({".".join(k.split(".")[:2]) for k in arrays} | {k.split(".")[0] for k in arrays})
+                raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; choose from {groups}")
+        return strategy
+
+    def federation(self, after_round=None) -> Federation:
+        """The in-process federation over every site, seeded by the config."""
+        fed = self.config.fed
+        clients = self.clients()
+        global_model = self.new_model()  # after the clients': the order of the random initializations
+        try:
+            return Federation(clients, self.strategy(global_model.arrays()), global_model, sites=self.train,
+                              shared=self.shared, num_classes=self.config.data.num_classes, rounds=fed.rounds,
+                              generator=torch.Generator().manual_seed(self.config.seed), min_clients=fed.min_clients,
+                              clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare(config: Config, sites: list[str] | None = None) -> Setup:
+    """Builds the backbone and extracts (or reads from the cache) the features of the shared
+    set and of every site, or only of ``sites``."""
+    t0 = time.perf_counter()
+    data, model = config.data, config.model
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    backbone = FrozenBackbone(model.backbone, weights=model.weights, precision=model.precision).to(device)
+    datasets, evaluation, labelled = make_data(data, config.seed)
+    if sites is not None:
+        unknown = sorted(set(sites) - set(datasets))
+        if unknown:
+            raise ConfigError(f"unknown sites {unknown}; the data has {sorted(datasets)}")
+        datasets = {name: datasets[name] for name in sites}
+    base_key = {"data": config.to_dict()["data"], "seed": config.seed, "backbone": model.backbone,
+                "weights": weights_digest(model.weights, config.seed), "precision": model.precision}
+
+    def features(name, ds):
+        key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
+        return extract(backbone, ds, key, config.cache_dir, device, flip=True, progress=_progress(f"features {name}"))
+
+    train = {name: features(name, ds) for name, ds in datasets.items()}
+    for name, classes in (labelled or {}).items():
+        if name in train:  # the site annotates only ``classes``
+            known = torch.zeros(data.num_classes, dtype=torch.bool)
+            known[classes] = True
+            train[name].labelled = known.expand(len(datasets[name]), -1).clone()
+    shared = features("eval", evaluation)
+    return Setup(config, device, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
+
+
+def _progress(desc: str):
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, leave=False, disable=not sys.stderr.isatty())

@@ -1,0 +1,121 @@
+"""The ServerApp: holds the shared evaluation set, aggregates with ``fussfast.fed.Server`` (the
+same screening and round record as ``fussfast run``) and writes the same run directory.
+
+Resume (run config ``resume = true``): the server carries on after the last round in
+``out-dir/checkpoint`` with its global arrays and history. The sites' own state (Adam moments,
+MOON's previous head, ``fed.local_params`` groups) lives in each SuperNode's memory: a SuperNode
+that kept running keeps it; one that was restarted starts that state afresh, so such a run is
+not identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fussfast.assemble import prepare
+from fussfast.fed.server import Server, TooFewUpdates
+from fussfast.fed.strategy import Strategy, Update
+from fussfast.flower.common import ROUND_OFFSET, SITE, config_from, to_torch
+from fussfast.outputs import RunDir, check_resumable
+
+
+class FussfastStrategy(FedAvg):
+    """A Flower strategy whose aggregation is a fussfast ``Server``'s; ``offset``: rounds done
+    before this ServerApp started. The round's record waits in ``pending`` for the evaluation."""
+
+    def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
+                 offset: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.server = Server(strategy, current, min_clients=min_clients)
+        self.offset, self.pending = offset, {}
+
+    @property
+    def current(self) -> dict[str, torch.Tensor]:
+        return self.server.current
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord(self.server.shared())
+
+    def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        start, r = time.perf_counter(), self.offset + server_round
+        received: dict[str, Update | str] = {}
+        for i, msg in enumerate(replies):
+            if msg.has_error():
+                received[f"node{msg.metadata.src_node_id}"] = f"error reply: {msg.error.reason}"
+                continue
+            name = str(msg.content[SITE]["name"]) if SITE in msg.content.config_records else f"reply{i}"
+            if name in received:
+                received[f"{name}#{i}"] = f"{name}: a second reply claims this site"
+                continue
+            metrics = msg.content["metrics"]
+            received[name] = Update(name, to_torch(msg.content["arrays"]), int(metrics["num-examples"]),
+                                    {"loss": float(metrics["loss"])})
+        try:
+            record = self.server.round(r, received)
+        except TooFewUpdates as e:  # the global model stays; Flower's next round may bring more sites
+            self.pending = {"round": r, **e.record, "seconds": time.perf_counter() - start}
+            return None, None
+        self.pending = {"round": r, **record, "seconds": time.perf_counter() - start}
+        usable = len(received) - len(record["excluded"])
+        return ArrayRecord(self.server.shared()), MetricRecord({"num-updates": usable})
+
+    def aggregate_evaluate(self, server_round: int, replies) -> MetricRecord | None:
+        clients = {}
+        for msg in replies:
+            if not msg.has_error():
+                m = msg.content["metrics"]
+                clients[str(msg.content[SITE]["name"])] = {"miou": float(m["miou"]), "acc": float(m["acc"])}
+        self.pending["clients"] = clients
+        return None
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    started = time.perf_counter()
+    config = config_from(context)
+    out_dir = Path(str(context.run_config["out-dir"]))
+    resume = bool(context.run_config.get("resume", False)) and (out_dir / "checkpoint" / "state.json").is_file()
+    if resume:
+        check_resumable(config, out_dir)
+    setup = prepare(config, sites=[])  # the server holds only the shared evaluation set
+    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started)
+    global_model = setup.new_model()
+    current, history = global_model.arrays(), []
+    if resume:
+        tensors, state = outputs.load_checkpoint()
+        current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+        history = state["history"]
+    fed, K = config.fed, config.data.num_classes
+    flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
+                              fraction_train=fed.fraction, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
+                              min_evaluate_nodes=1, min_available_nodes=fed.min_clients)
+
+    def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        global_model.load_arrays(flower.current)
+        pending = dict(flower.pending)
+        record = {"round": pending.pop("round"), "global": global_model.scores(setup.shared, K),
+                  "clients": pending.pop("clients", {}), **pending}
+        history.append(record)
+        outputs.save_round({f"global/{k}": v for k, v in flower.current.items()}, {"history": history, "clients": {}},
+                           history)
+        return MetricRecord({"miou": record["global"]["miou"], "acc": record["global"]["acc"]})
+
+    if len(history) < fed.rounds:
+        flower.start(grid=grid, initial_arrays=flower.initial_arrays(), num_rounds=fed.rounds - len(history),
+                     timeout=float(context.run_config.get("round-timeout", 3600)), evaluate_fn=server_evaluate,
+                     train_config=ConfigRecord({ROUND_OFFSET: len(history)}))
+    if not flower.server.strategy.local_params:  # personalized groups stay on the sites: no global model
+        global_model.load_arrays(flower.current)
+        outputs.save_models({"global": global_model}, setup.shared, setup.evaluation, K)
+    outputs.write_metrics(history)

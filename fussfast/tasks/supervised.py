@@ -1,0 +1,91 @@
+"""FedSeg's local model: a supervised head trained with CE, BackCE, or BackCE plus the
+pixel-to-region contrast; predictions are classes (identity matching) when scored."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fussfast.features import FeatureSet
+from fussfast.losses import RegionContrast
+from fussfast.model import SupervisedHead
+from fussfast.ops import back_ce
+from fussfast.tasks.base import LocalModel, load_head
+
+OBJECTIVES = ("ce", "backce", "backce+contrast")
+
+
+class SupervisedModel(LocalModel):
+    """FedSeg's local model: a ``SupervisedHead`` trained with plain CE, BackCE, or BackCE plus
+    the pixel-to-region contrast (``objective``: ce, backce, backce+contrast), Adam at ``lr``.
+
+    The classification loss is computed at label resolution on bilinearly upsampled logits.
+    ``ce`` ignores unlabelled pixels (BackCE with every class present); ``backce`` sends them to
+    the classes the image's site does not annotate. With the contrast, the region memory is built
+    from the head as it is when ``train_steps`` starts (the global model, at a round's start).
+    """
+
+    matching = "identity"
+
+    def __init__(self, feat_dim: int, num_classes: int, *, embed_dim: int = 256, objective: str = "backce+contrast",
+                 contrast: RegionContrast | None = None, lr: float = 5e-4, backend: str = "fused",
+                 device: torch.device | str = "cpu"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"SupervisedModel: objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.device = torch.device(device)
+        self.num_classes, self.objective, self.backend = num_classes, objective, backend
+        self.head = SupervisedHead(feat_dim, num_classes, embed_dim).to(self.device)
+        self.contrast = None
+        if objective == "backce+contrast":
+            self.contrast = contrast or RegionContrast(num_classes, backend=backend)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=lr)
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+
+    def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            load_head(self.head, arrays)
+
+    def optimizer_states(self) -> dict:
+        return {"head": self.opt.state_dict()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        self.opt.load_state_dict(states["head"])
+
+    def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
+                    generator: torch.Generator, extra=None) -> list[float]:
+        """``steps`` updates on random batches (``table`` is unused: no kNN positives);
+        ``extra(head, feats, embed)`` adds a client-side term (FedProx, MOON, distillation)."""
+        K = self.num_classes
+        labels = data.training_labels(K)
+        every = torch.ones(data.features.shape[0], K, dtype=torch.bool)
+        labelled = every if data.labelled is None or self.objective == "ce" else data.labelled
+        memory = (self.contrast.memory(self.head, data.features, labels, labelled)
+                  if self.contrast is not None else None)
+        self.head.train()
+        losses = []
+        n = data.features.shape[0]
+        for _ in range(steps):
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
+            feats = data.features[idx].to(self.device).float()
+            target = labels[idx].to(self.device)
+            logits, embed = self.head(feats)
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            loss = back_ce(logits, target, labelled[idx].to(self.device), ignore_index=-1, backend=self.backend)
+            if memory is not None:
+                loss = loss + self.contrast(embed, memory.labels[idx.to(memory.labels.device)], memory, generator)
+            self.opt.zero_grad()
+            (loss + (extra(self.head, feats, embed) if extra else 0)).backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        """Class per pixel from the (flip-averaged) logits, bilinearly upsampled to ``size``."""
+        self.head.eval()
+        logits = self.head(features.to(self.device))[0]
+        if flipped is not None:
+            logits = (logits + self.head(flipped.to(self.device))[0].flip(-1)) / 2
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)

@@ -1,0 +1,81 @@
+"""FUSS's local model: a segmentation head and a cluster probe trained with STEGO's
+correspondence loss on kNN positives; clusters are matched to classes (Hungarian) when scored."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fussfast.features import FeatureSet
+from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
+from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
+from fussfast.tasks.base import LocalModel, load_head
+
+
+class SiteModel(LocalModel):
+    """A head and a cluster probe with their optimizers (Adam: head 5e-4, probe 5e-3 by default)."""
+
+    def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
+                 num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
+                 backend: str = "fused", device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.head = SegmentationHead(feat_dim, code_dim).to(self.device)
+        self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
+        self.loss = CorrespondenceLoss(loss, backend=backend)
+        self.num_neighbors = num_neighbors
+        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=head_lr)
+        self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """What travels to the server: the head's parameters and the centroids."""
+        out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        out["centroids"] = self.probe.clusters.detach().cpu().clone()
+        return out
+
+    def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        """Sets the given arrays (all or some of ``arrays()``'s names); the rest stay as they are."""
+        with torch.no_grad():
+            load_head(self.head, arrays, ("centroids",))
+            if "centroids" in arrays:
+                self.probe.clusters.copy_(arrays["centroids"])
+
+    def optimizer_states(self) -> dict:
+        return {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        self.head_opt.load_state_dict(states["head"])
+        self.probe_opt.load_state_dict(states["probe"])
+
+    def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
+                    generator: torch.Generator, extra=None) -> list[float]:
+        """``steps`` updates on random batches; positives come from the kNN ``table``;
+        ``extra(head, feats, code)`` adds a client-side term (FedProx, MOON, distillation)."""
+        self.head.train()
+        losses = []
+        n = data.features.shape[0]
+        for _ in range(steps):
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
+            pos = draw_positives(table, idx, self.num_neighbors, generator=generator)
+            feats = data.features[idx].to(self.device).float()
+            feats_pos = data.features[pos].to(self.device).float()
+            code, code_pos = self.head(feats), self.head(feats_pos)
+            points = self.loss.sample_points(len(idx), self.device, generator=generator)
+            corr = self.loss(feats, code, feats_pos, code_pos, points=points)
+            probe_loss, _ = self.probe(code.detach())
+            self.head_opt.zero_grad()
+            self.probe_opt.zero_grad()
+            (corr.total + probe_loss + (extra(self.head, feats, code) if extra else 0)).backward()
+            self.head_opt.step()
+            self.probe_opt.step()
+            losses.append(float((corr.total + probe_loss).detach()))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        """Cluster per pixel (flip-averaged codes when ``flipped`` is given), nearest-upsampled to ``size``."""
+        self.head.eval()
+        code = self.head(features.to(self.device))
+        if flipped is not None:
+            code = (code + self.head(flipped.to(self.device)).flip(-1)) / 2
+        labels = self.probe.labels(code)
+        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
