@@ -100,7 +100,7 @@ def _round_charts(runs: dict) -> str:
     return f"<div class='row'>{''.join(charts)}</div>"
 
 
-def line_chart(series: dict[str, list[float]], title: str, ylabel: str = "", ymax: float | None = 100.0,
+def line_chart(series: dict[str, list[float]], title: str, ymax: float | None = 100.0,
                width: int = 340, height: int = 230) -> str:
     """An SVG line chart of values per round, one line per series."""
     left, right, top, bottom = 40, 10, 24, 30
