@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Errors that describe the input or the machine (a bad config, a missing or corrupt file, a full
+# disk, too little memory), printed as one line; anything else is a bug and says how to report it.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fussfast", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also FUSSFAST_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build (CUDA, OpenMP) and the visible devices")
     run = sub.add_parser("run", help="train and evaluate from a TOML config; writes DIR/metrics.json")
@@ -59,12 +66,24 @@ def main(argv: list[str] | None = None) -> int:
             from fussfast.report import write_report
 
             print(write_report({Path(d).name: d for d in args.runs}, args.out))
-    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:  # bad config or data, too few clients
-        print(f"fussfast {args.command}: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if args.debug or os.environ.get("FUSSFAST_DEBUG") == "1":
+            raise
+        if isinstance(e, USER_ERRORS):
+            kind = "" if isinstance(e, (ConfigError, OSError, RuntimeError)) else f"{type(e).__name__}: "
+            print(f"fussfast {args.command}: {kind}{_one_line(e)}", file=sys.stderr)
+            return 2
+        print(f"fussfast {args.command}: internal error {type(e).__name__}: {_one_line(e)}\n"
+              "run again with --debug for the traceback, and report it", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def _run(args) -> int:

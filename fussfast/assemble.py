@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from fussfast.fed.loop import Federation
 from fussfast.fed.strategy import Strategy, strategy_from_config
 from fussfast.losses import CorrespondenceConfig, RegionContrast
 from fussfast.model import FrozenBackbone, knn_table
+from fussfast.model.cache import files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
 
 
@@ -39,7 +41,7 @@ def make_data(data: DataConfig, seed: int):
             class_probs=probs, eval_images=data.eval_images, image_size=size, seed=seed)
         evaluation.image_size = eval_size
     elif data.kind == "folder":
-        sites, evaluation = folder_federation(data.root, size, eval_size)
+        sites, evaluation = folder_federation(data.root, size, eval_size, K)
     elif data.kind == "cityscapes":
         evaluation = cityscapes27(data.root, "val", eval_size, num_classes=K)
         if erased:
@@ -102,6 +104,12 @@ class Setup:
         fed, t = self.config.fed, self.config.train
         options = dict(local_steps=t.local_steps, batch_size=t.batch_size, distill_weight=fed.distill_weight,
                        distill=fed.distill)
+        if not self.config.supervised:
+            for name, d in self.train.items():  # positives are drawn among a site's own images
+                if self.config.loss.num_neighbors > d.features.shape[0] - 1:
+                    raise ConfigError(f"config key 'loss.num_neighbors' = {self.config.loss.num_neighbors}, but site "
+                                      f"{name!r} has {d.features.shape[0]} images, so at most "
+                                      f"{d.features.shape[0] - 1} neighbours")
         if fed.strategy != "centralized":
             return {name: Client(name, d, self.new_model(), **options) for name, d in self.train.items()}
         data = list(self.train.values())
@@ -125,6 +133,10 @@ class Setup:
                 raise ConfigError(f"config key 'fed.local_params': {group!r} names no parameters; choose from {groups}")
         return strategy
 
+    def limits(self) -> dict:
+        """What the server accepts from a site (``fed.Server``)."""
+        return {"max_samples": self.config.fed.max_samples, "max_update_ratio": self.config.fed.max_update_ratio}
+
     def federation(self, after_round=None) -> Federation:
         """The in-process federation over every site, seeded by the config."""
         fed = self.config.fed
@@ -134,7 +146,8 @@ class Setup:
             return Federation(clients, self.strategy(global_model.arrays()), global_model, sites=self.train,
                               shared=self.shared, num_classes=self.config.data.num_classes, rounds=fed.rounds,
                               generator=torch.Generator().manual_seed(self.config.seed), min_clients=fed.min_clients,
-                              clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round)
+                              clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round,
+                              limits=self.limits())
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -164,6 +177,8 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
 
     def features(name, ds):
         key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
+        if hasattr(ds, "files"):  # images on disk: the cache follows their contents, not their names
+            key["files"] = files_digest(ds.files(), Path(config.cache_dir) / "file-digests.json")
         return extract(backbone, ds, key, config.cache_dir, device, flip=True, progress=_progress(f"features {name}"))
 
     train = {name: features(name, ds) for name, ds in datasets.items()}

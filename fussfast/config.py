@@ -21,6 +21,7 @@ from typing import Any
 from fussfast.data import CITY_SPLITS, CROPS, DATA_KINDS
 from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
 from fussfast.losses import DISTILL_KINDS, PRESETS
+from fussfast.model import KNN_WIDTH
 from fussfast.model.backbone import BACKBONES, PRECISIONS
 from fussfast.ops._boundary import BACKENDS
 from fussfast.tasks import OBJECTIVES, TASKS
@@ -71,7 +72,7 @@ class ModelConfig:
 class LossConfig:
     preset: str = key("cityscapes", "correspondence-loss weights and shifts (STEGO's presets)", choices=PRESETS)
     feature_samples: int = key(11, "correspondence loss: grid points per side sampled per image", at_least=1)
-    num_neighbors: int = key(2, "kNN positives per image (FUSS: 2)", at_least=1)
+    num_neighbors: int = key(2, "kNN positives per image (FUSS: 2)", at_least=1, at_most=KNN_WIDTH)
     objective: str = key("backce+contrast", "supervised: ce, backce or backce+contrast (FedSeg Table 1a)",
                          choices=OBJECTIVES)
     contrast_weight: float = key(1.0, "supervised: lambda of the pixel-to-region contrast", at_least=0)
@@ -107,6 +108,9 @@ class FedConfig:
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
     distill: str = key("cosine", "distillation: cosine or kl", choices=DISTILL_KINDS)
     min_clients: int = key(1, "fewer usable updates in a round end the run", at_least=1)
+    max_samples: int = key(10_000_000, "a site claiming more samples is left out of the round", at_least=1)
+    max_update_ratio: float = key(10.0, "a site whose update moves the model by more than this times its norm "
+                                        "is left out", above=0)
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ def _checked(name: str, value: Any, kind: Any, meta: dict) -> Any:
             raise ConfigError(f"config key {name!r} must be a list of strings, got {value!r}")
         return tuple(value)
     if kind == str | None:
+        if value is None:  # unset (TOML has no null; to_dict() writes it)
+            return None
         kind = str
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

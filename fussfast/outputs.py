@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -17,7 +18,7 @@ from fussfast.config import Config, ConfigError
 from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 from fussfast.eval import hungarian_scores, scores
 from fussfast.features import FeatureSet
-from fussfast.fed.checkpoint import load_checkpoint, save_checkpoint
+from fussfast.fed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fussfast.tasks import LocalModel, SiteModel
 
 # May differ on --resume: fed.rounds (train on) and the cache's place.
@@ -31,7 +32,8 @@ class RunDir:
     def __init__(self, path: str | Path, config: Config, device: torch.device, shared: FeatureSet,
                  features_s: float, started: float | None = None):
         self.path, self.config, self.device = Path(path), config, device
-        self.path.mkdir(parents=True, exist_ok=True)
+        with _writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
         self.baseline = majority_baseline(shared, config.data.num_classes)
         self.features_s, self.started = features_s, started if started is not None else time.perf_counter()
 
@@ -40,12 +42,27 @@ class RunDir:
         return self.path / "checkpoint"
 
     def save_round(self, tensors: dict[str, torch.Tensor], state: dict, history: list[dict]) -> dict:
-        """Checkpoints the round just completed (``state``: its JSON part), then rewrites metrics.json."""
-        save_checkpoint(self.checkpoint, len(history), tensors, {"config": self.config.to_dict(), **state})
+        """Checkpoints the round just completed (``state``: its JSON part), then rewrites metrics.json.
+        A failed write (full disk, read-only directory) leaves the previous checkpoint whole."""
+        with _writing(self.checkpoint):
+            save_checkpoint(self.checkpoint, len(history), tensors, {"config": self.config.to_dict(), **state})
         return self.write_metrics(history)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
-        return load_checkpoint(self.checkpoint)
+        """The checkpoint, checked against metrics.json: its records must be the checkpoint's
+        (metrics.json may lag one round: it is written after the checkpoint)."""
+        tensors, state = load_checkpoint(self.checkpoint)
+        path = self.path / "metrics.json"
+        try:
+            rounds = json.loads(path.read_text())["rounds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{path}: missing or unreadable beside the checkpoint") from None
+        history = state["history"]
+        same = isinstance(rounds, list) and json.dumps(rounds) == json.dumps(history[:len(rounds)])  # NaN-safe
+        if not same or not len(history) - 1 <= len(rounds) <= len(history):
+            raise CheckpointError(f"{path} and {self.checkpoint / 'state.json'} disagree on the rounds done; "
+                                  "one of them was edited or comes from another run")
+        return tensors, state
 
     def write_metrics(self, rounds: list[dict]) -> dict:
         metrics = {
@@ -59,9 +76,10 @@ class RunDir:
             "final": {"global": rounds[-1]["global"], "clients": rounds[-1]["clients"]} if rounds else None,
             "timings": {"features_s": self.features_s, "total_s": time.perf_counter() - self.started},
         }
-        tmp = self.path / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        tmp.replace(self.path / "metrics.json")
+        with _writing(self.path / "metrics.json"):
+            tmp = self.path / "metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=1))
+            tmp.replace(self.path / "metrics.json")
         return metrics
 
     def save_models(self, models: dict[str, LocalModel], shared: FeatureSet, evaluation, num_classes: int,
@@ -70,8 +88,9 @@ class RunDir:
         ``samples.safetensors``: the first shared images (uint8), ground truth and the first scored
         model's predictions; unsupervised, clusters are mapped to classes by the Hungarian matching
         (-1: unmatched cluster), with that model's ``centroid_response``."""
-        save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
-                  str(self.path / "model.safetensors"))
+        with _writing(self.path / "model.safetensors"):
+            save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
+                      str(self.path / "model.safetensors"))
         model = next(iter(models.values()))
         n = min(num_samples, shared.features.shape[0])
         masks = shared.masks[:n]
@@ -84,7 +103,17 @@ class RunDir:
             assignment = torch.tensor(hungarian_scores(model.confusion(shared, num_classes)).assignment)
             distance, usage = centroid_response(model, shared.features[:64])
             samples.update(pred=assignment[pred], assignment=assignment, centroid_distance=distance, usage=usage)
-        save_file(samples, str(self.path / "samples.safetensors"))
+        with _writing(self.path / "samples.safetensors"):
+            save_file(samples, str(self.path / "samples.safetensors"))
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An OSError while writing ``path`` (full disk, read-only directory) names the path."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def check_resumable(config: Config, path: str | Path) -> None:
@@ -92,7 +121,11 @@ def check_resumable(config: Config, path: str | Path) -> None:
     state_file = Path(path) / "checkpoint" / "state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {state_file}")
-    saved, now = _flat(json.loads(state_file.read_text())["config"]), _flat(config.to_dict())
+    try:
+        saved = json.loads(state_file.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_file}: not valid JSON with a config ({type(e).__name__}: {e})") from None
+    saved, now = _flat(saved) if isinstance(saved, dict) else {}, _flat(config.to_dict())
     differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
     if differ:
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")

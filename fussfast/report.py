@@ -43,7 +43,16 @@ figure{margin:0}figcaption{font-size:.85em;text-align:center}img{image-rendering
 
 
 def _load(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no run at {run_dir}: {path} does not exist")
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("config", "rounds", "final", "baseline") if k not in metrics]
+    if missing or not isinstance(metrics.get("config"), dict):
+        raise ValueError(f"{path}: not the metrics of a fussfast run (missing {missing or ['config']})")
     out = {"metrics": metrics, "samples": None}
     if (run_dir / "samples.safetensors").is_file():
         out["samples"] = load_file(str(run_dir / "samples.safetensors"))

@@ -56,20 +56,54 @@ def _resize_crop(img, size: int, resample, crop: int | None = None):
 
 
 def load_pair(image_path: Path, mask_path: Path | None, size: int, label_map: np.ndarray | None = None,
-              crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
+              crop: int | None = None, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image (ImageNet-normalized ``[3, size, size]``) and its mask (int64, -1: ignore).
 
-    with Image.open(image_path) as im:
-        img = np.asarray(_resize_crop(im.convert("RGB"), size, Image.BILINEAR, crop), dtype=np.float32) / 255
-    image = torch.from_numpy((img.transpose(2, 0, 1) - IMAGENET_MEAN) / IMAGENET_STD)
+    16-bit images are scaled from [0, 65535]. Mask ids go through ``label_map`` (an id beyond it
+    is an error), or without one are classes ``0..num_classes-1`` with 255 as ignore (any other
+    id is an error). A mask must have its image's size. Every error names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as im:
+            im.load()
+            image_size = im.size
+            if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: keep the range, not 8 bits of it
+                grey = Image.fromarray(np.asarray(im, dtype=np.float32) / 65535, mode="F")
+                img = np.asarray(_resize_crop(grey, size, Image.BILINEAR, crop), dtype=np.float32)
+                img = np.repeat(img[..., None], 3, axis=2)
+            else:
+                img = np.asarray(_resize_crop(im.convert("RGB"), size, Image.BILINEAR, crop), dtype=np.float32) / 255
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValueError(f"{image_path}: not a readable image ({e})") from None
+    image = torch.from_numpy(np.ascontiguousarray((img.transpose(2, 0, 1) - IMAGENET_MEAN) / IMAGENET_STD))
     if mask_path is None:
         return image, torch.full((size, size), -1, dtype=torch.int64)
-    with Image.open(mask_path) as m:
-        mask = np.asarray(_resize_crop(m, size, Image.NEAREST, crop)).astype(np.int64)
+    try:
+        with Image.open(mask_path) as m:
+            if m.size != image_size:
+                raise ValueError(f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} "
+                                 f"is {image_size[0]}x{image_size[1]}")
+            mask = np.asarray(_resize_crop(m, size, Image.NEAREST, crop)).astype(np.int64)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{mask_path}: not a readable mask ({e})") from None
     if mask.ndim == 3:
         mask = mask[..., 0]
-    mask = label_map[np.clip(mask, 0, len(label_map) - 1)] if label_map is not None else np.where(mask == 255, -1, mask)
-    return image, torch.from_numpy(mask)
+    return image, torch.from_numpy(_mask_ids(mask, mask_path, label_map, num_classes))
+
+
+def _mask_ids(mask: np.ndarray, path: Path, label_map: np.ndarray | None, num_classes: int | None) -> np.ndarray:
+    if label_map is not None:
+        if mask.size and (mask.min() < 0 or mask.max() >= len(label_map)):
+            bad = mask[(mask < 0) | (mask >= len(label_map))][0]
+            raise ValueError(f"{path}: mask id {bad} is outside the dataset's ids 0..{len(label_map) - 1}")
+        return label_map[mask]
+    mask = np.where(mask == 255, -1, mask)
+    if num_classes is not None and mask.size and (mask.min() < -1 or mask.max() >= num_classes):
+        bad = mask[(mask < -1) | (mask >= num_classes)][0]
+        raise ValueError(f"{path}: mask id {bad} is not a class 0..{num_classes - 1} or 255 (ignore); "
+                         "check data.num_classes")
+    return mask
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -77,14 +111,20 @@ class ImageList(torch.utils.data.Dataset):
     ``five_crop`` every image gives five items (four corners and the centre, half its side)."""
 
     def __init__(self, name: str, images: list[Path], masks: list[Path | None], size: int,
-                 label_map: np.ndarray | None = None, five_crop: bool = False):
+                 label_map: np.ndarray | None = None, five_crop: bool = False, num_classes: int | None = None):
         if not images:
             raise ValueError(f"{name}: no images found")
         self.name, self.images, self.masks, self.image_size, self.label_map = name, images, masks, size, label_map
+        self.num_classes = num_classes
         self.crops = 5 if five_crop else 1
 
     def __len__(self) -> int:
         return len(self.images) * self.crops
+
+    def files(self, items=None) -> list[Path]:
+        """The image and mask files behind ``items`` (default: all), each once, in order."""
+        images = range(len(self.images)) if items is None else dict.fromkeys(i // self.crops for i in items)
+        return [p for i in images for p in (self.images[i], self.masks[i]) if p is not None]
 
     def classes(self, i: int) -> set[int]:
         """The classes in image ``i``'s mask at full resolution (reads the mask only)."""
@@ -96,21 +136,21 @@ class ImageList(torch.utils.data.Dataset):
         with Image.open(path) as m:
             mask = np.asarray(m).astype(np.int64)
         mask = mask[..., 0] if mask.ndim == 3 else mask
-        ids = np.unique(mask)
-        ids = self.label_map[np.clip(ids, 0, len(self.label_map) - 1)] if self.label_map is not None else ids
-        return {int(c) for c in ids if 0 <= c < 255}
+        ids = _mask_ids(np.unique(mask), path, self.label_map, self.num_classes)
+        return {int(c) for c in ids if c >= 0}
 
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
             raise IndexError(f"{self.name}: item {i} out of range ({len(self)})")
         image, crop = divmod(i, self.crops)
         return load_pair(self.images[image], self.masks[image], self.image_size, self.label_map,
-                         crop if self.crops == 5 else None)
+                         crop if self.crops == 5 else None, self.num_classes)
 
 
-def folder_federation(root: str | Path, size: int, eval_size: int | None = None):
+def folder_federation(root: str | Path, size: int, eval_size: int | None = None, num_classes: int | None = None):
     """``ROOT/clients/<site>/images/*`` (+ ``masks/<stem>.png``, evaluation only) per site, and the
-    shared evaluation set ``ROOT/val/images`` + ``ROOT/val/masks``."""
+    shared evaluation set ``ROOT/val/images`` + ``ROOT/val/masks``; mask ids are ``0..num_classes-1``
+    or 255 (ignore)."""
     root = Path(root)
     clients = root / "clients"
     if not clients.is_dir():
@@ -119,7 +159,7 @@ def folder_federation(root: str | Path, size: int, eval_size: int | None = None)
     def listing(base: Path, name: str, s: int) -> ImageList:
         images = sorted(p for p in (base / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         masks = [base / "masks" / f"{p.stem}.png" for p in images]
-        return ImageList(name, images, [m if m.is_file() else None for m in masks], s)
+        return ImageList(name, images, [m if m.is_file() else None for m in masks], s, num_classes=num_classes)
 
     sites = {d.name: listing(d, d.name, size) for d in sorted(clients.iterdir()) if d.is_dir()}
     if not sites:
@@ -242,3 +282,6 @@ class Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.dataset[self.indices[i]]
+
+    def files(self) -> list[Path]:
+        return self.dataset.files(self.indices)

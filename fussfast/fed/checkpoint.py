@@ -4,11 +4,13 @@
 written to a temporary name and renamed, the JSON last, so an interrupt at any moment leaves the
 previous checkpoint whole; older tensor files are removed only after the JSON points past them.
 Nested state such as an optimizer's ``state_dict()`` is stored as a JSON skeleton whose tensor
-leaves name entries of the tensor file.
+leaves name entries of the tensor file. ``state.json`` records the tensor file's size and
+SHA-256, and ``load_checkpoint`` refuses a file that does not match (``CheckpointError``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +20,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FORMAT = "fussfast-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the file and what is wrong."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -45,6 +59,22 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton["value"]
 
 
+def under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` whose names start with ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def expect_like(found: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> None:
+    """``CheckpointError`` unless ``found`` has exactly ``want``'s names, shapes and dtypes."""
+    if found.keys() != want.keys():
+        raise CheckpointError(f"{what} differ: missing {sorted(want.keys() - found.keys())}, "
+                              f"unexpected {sorted(found.keys() - want.keys())}")
+    for k, v in want.items():
+        if found[k].shape != v.shape or found[k].dtype != v.dtype:
+            raise CheckpointError(f"{what}: {k} is {found[k].dtype} {list(found[k].shape)}, expected "
+                                  f"{v.dtype} {list(v.shape)}")
+
+
 def save_checkpoint(directory: str | Path, round: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,7 +82,9 @@ def save_checkpoint(directory: str | Path, round: int, tensors: dict[str, torch.
     tmp = directory / (name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, directory / name)
-    state = {"format": FORMAT, "round": round, "tensors": name, **meta}
+    path = directory / name
+    state = {"format": FORMAT, "round": round, "tensors": name, "bytes": path.stat().st_size,
+             "sha256": _sha256(path), **meta}
     tmp = directory / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, directory / "state.json")
@@ -64,11 +96,24 @@ def save_checkpoint(directory: str | Path, round: int, tensors: dict[str, torch.
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, state)`` of the last completed round; ``FileNotFoundError`` with the path if
-    there is none, ``ValueError`` if it is not a fussfast checkpoint."""
+    there is none, ``CheckpointError`` naming the file if it is not a whole fussfast checkpoint."""
     path = Path(directory) / "state.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = json.loads(path.read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file (format {state.get('format')!r})")
-    return load_file(str(Path(directory) / state["tensors"])), state
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    missing = [k for k in ("round", "tensors", "bytes", "sha256", "history", "clients") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: keys {missing} are missing")
+    tensors = Path(directory) / str(state["tensors"])
+    if tensors.parent != Path(directory) or not tensors.is_file():
+        raise CheckpointError(f"{tensors}: the checkpoint's tensor file is missing")
+    if tensors.stat().st_size != state["bytes"] or _sha256(tensors) != state["sha256"]:
+        raise CheckpointError(f"{tensors}: contents differ from the digest in {path.name} (truncated or changed)")
+    if not isinstance(state["history"], list) or len(state["history"]) != state["round"]:
+        raise CheckpointError(f"{path}: holds {len(state['history'])} round records for round {state['round']}")
+    return load_file(str(tensors)), state

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from fussfast.fed.checkpoint import flatten, unflatten
+from fussfast.fed.checkpoint import flatten, under, unflatten
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
@@ -77,14 +77,10 @@ class Client:
                 "previous": self.previous is not None}
 
     def load_state(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        self.model.load_arrays(_under(tensors, f"{prefix}/model/"))
+        self.model.load_arrays(under(tensors, f"{prefix}/model/"))
         self.model.load_optimizer_states(unflatten(meta["optimizers"], tensors))
-        self.previous = ({k: v.to(self.model.device) for k, v in _under(tensors, f"{prefix}/previous/").items()}
+        self.previous = ({k: v.to(self.model.device) for k, v in under(tensors, f"{prefix}/previous/").items()}
                          if meta["previous"] else None)
-
-
-def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:

@@ -10,6 +10,7 @@ import time
 import torch
 
 from fussfast.features import FeatureSet
+from fussfast.fed.checkpoint import CheckpointError, expect_like, under
 from fussfast.fed.client import Client
 from fussfast.fed.server import Server
 from fussfast.fed.strategy import Strategy
@@ -30,7 +31,8 @@ class Federation:
     models on the shared set. ``sites`` maps site names to their data for scoring; a site that is
     not a client (``centralized``) is scored with the only client's model.
 
-    ``after_round(federation)`` runs after every round (the run directory checkpoints there);
+    ``limits``: the ``Server``'s bounds on what a site may send. ``after_round(federation)`` runs
+    after every round (the run directory checkpoints there);
     ``state()`` holds everything needed to carry on (global arrays, every client's model,
     optimizer and MOON state, the RNG states, the round records) and ``load_state`` restores it,
     so that a resumed run reaches the same results as an uninterrupted one.
@@ -39,7 +41,7 @@ class Federation:
     def __init__(self, clients: dict[str, Client], strategy: Strategy, global_model: LocalModel,
                  *, sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
                  generator: torch.Generator, min_clients: int = 1, clients_per_round: int = 0,
-                 fraction: float = 1.0, after_round=None):
+                 fraction: float = 1.0, after_round=None, limits: dict | None = None):
         n = len(clients)
         self.per_round = clients_per_round or max(1, math.ceil(fraction * n))
         if self.per_round > n:
@@ -49,7 +51,7 @@ class Federation:
         self.clients, self.strategy, self.global_model = clients, strategy, global_model
         self.sites, self.shared, self.num_classes = sites, shared, num_classes
         self.rounds, self.generator, self.after_round = rounds, generator, after_round
-        self.server = Server(strategy, global_model.arrays(), min_clients=min_clients)
+        self.server = Server(strategy, global_model.arrays(), min_clients=min_clients, **(limits or {}))
         self.history: list[dict] = []
 
     @property
@@ -121,11 +123,23 @@ class Federation:
         return tensors, {"history": self.history, "clients": clients}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restores ``state()``; a state that does not fit this federation (other clients, arrays
+        of other names, shapes or dtypes) raises ``CheckpointError`` and changes nothing."""
         if set(meta["clients"]) != set(self.clients):
-            raise ValueError(f"checkpoint clients {sorted(meta['clients'])} differ from {sorted(self.clients)}")
-        self.server.current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+            raise CheckpointError(f"checkpoint clients {sorted(meta['clients'])} differ from {sorted(self.clients)}")
+        current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+        expect_like(current, self.current, "the checkpoint's global arrays")
         for name, c in self.clients.items():
-            c.load_state(f"client/{name}", tensors, meta["clients"][name])
+            expect_like(under(tensors, f"client/{name}/model/"), c.model.arrays(), f"client {name}'s arrays")
+        missing = [k for k in ("rng/generator", "rng/torch") if k not in tensors]
+        if missing:
+            raise CheckpointError(f"the checkpoint has no {missing}")
+        self.server.current = current
+        for name, c in self.clients.items():
+            try:
+                c.load_state(f"client/{name}", tensors, meta["clients"][name])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"client {name}'s optimizer state does not fit: {e}") from None
         self.generator.set_state(tensors["rng/generator"])
         torch.set_rng_state(tensors["rng/torch"])
         if "rng/cuda" in tensors and self.global_model.device.type == "cuda":

@@ -21,10 +21,13 @@ class TooFewUpdates(RuntimeError):
 
 class Server:
     """The global arrays (``current``, local groups included: they never travel) and the
-    strategy that updates them."""
+    strategy that updates them; ``max_samples`` and ``max_update_ratio`` bound what a site may
+    claim and change (``check_update``)."""
 
-    def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1):
+    def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
+                 max_samples: int | None = None, max_update_ratio: float | None = None):
         self.strategy, self.current, self.min_clients = strategy, dict(current), min_clients
+        self.limits = {"max_samples": max_samples, "max_ratio": max_update_ratio}
 
     def shared(self) -> dict[str, torch.Tensor]:
         """What the sampled sites receive."""
@@ -41,7 +44,7 @@ class Server:
         for name, reply in replies.items():
             if isinstance(reply, Update):
                 losses[name] = reply.metrics.get("loss")
-                reason = check_update(reply, shared_now)
+                reason = check_update(reply, shared_now, **self.limits)
             else:
                 reason = reply
             if reason:

@@ -45,20 +45,37 @@ class Update:
     metrics: dict = field(default_factory=dict)
 
 
-def check_update(update: Update, current: dict[str, torch.Tensor]) -> str | None:
-    """Why an update must be left out of the round (missing or extra arrays, wrong shapes,
-    NaN/Inf, no samples), or None if it is usable. ``current``: the global arrays the update
-    must match (the shared ones)."""
-    if update.num_samples <= 0:
-        return f"{update.client}: no samples"
+def check_update(update: Update, current: dict[str, torch.Tensor], *, max_samples: int | None = None,
+                 max_ratio: float | None = None) -> str | None:
+    """Why an update must be left out of the round, or None if it is usable: no samples or more
+    than ``max_samples``, a non-finite loss, missing or extra arrays, another shape or dtype,
+    NaN/Inf, or a change from ``current`` (the shared global arrays) whose norm exceeds
+    ``max_ratio`` times the global arrays' norm."""
+    name = update.client
+    if not isinstance(update.num_samples, int) or update.num_samples <= 0:
+        return f"{name}: no samples"
+    if max_samples is not None and update.num_samples > max_samples:
+        return f"{name}: claims {update.num_samples} samples, more than fed.max_samples={max_samples}"
+    loss = update.metrics.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        return f"{name}: its training loss is {loss}"
     missing, extra = current.keys() - update.arrays.keys(), update.arrays.keys() - current.keys()
     if missing or extra:
-        return f"{update.client}: arrays differ from the global model (missing {sorted(missing)}, extra {sorted(extra)})"
-    for name, value in update.arrays.items():
-        if value.shape != current[name].shape:
-            return f"{update.client}: {name} has shape {list(value.shape)}, expected {list(current[name].shape)}"
+        return f"{name}: arrays differ from the global model (missing {sorted(missing)}, extra {sorted(extra)})"
+    change, size = 0.0, 0.0
+    for key, value in update.arrays.items():
+        if value.shape != current[key].shape:
+            return f"{name}: {key} has shape {list(value.shape)}, expected {list(current[key].shape)}"
+        if value.dtype != current[key].dtype:
+            return f"{name}: {key} is {value.dtype}, expected {current[key].dtype}"
         if not torch.isfinite(value).all():
-            return f"{update.client}: {name} contains NaN or Inf"
+            return f"{name}: {key} contains NaN or Inf"
+        if value.is_floating_point():
+            change += float((value.double() - current[key].double()).square().sum())
+            size += float(current[key].double().square().sum())
+    if max_ratio is not None and math.sqrt(change) > max_ratio * max(math.sqrt(size), 1e-12):
+        return (f"{name}: its update changes the model by {math.sqrt(change):.3g}, more than "
+                f"fed.max_update_ratio={max_ratio} times the model's norm {math.sqrt(size):.3g}")
     return None
 
 

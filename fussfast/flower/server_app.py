@@ -30,9 +30,9 @@ class FussfastStrategy(FedAvg):
     before this ServerApp started. The round's record waits in ``pending`` for the evaluation."""
 
     def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
-                 offset: int = 0, **kwargs):
+                 offset: int = 0, limits: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.server = Server(strategy, current, min_clients=min_clients)
+        self.server = Server(strategy, current, min_clients=min_clients, **(limits or {}))
         self.offset, self.pending = offset, {}
 
     @property
@@ -53,9 +53,12 @@ class FussfastStrategy(FedAvg):
             if name in received:
                 received[f"{name}#{i}"] = f"{name}: a second reply claims this site"
                 continue
-            metrics = msg.content["metrics"]
-            received[name] = Update(name, to_torch(msg.content["arrays"]), int(metrics["num-examples"]),
-                                    {"loss": float(metrics["loss"])})
+            try:
+                metrics = msg.content["metrics"]
+                received[name] = Update(name, to_torch(msg.content["arrays"]), int(metrics["num-examples"]),
+                                        {"loss": float(metrics["loss"])})
+            except (KeyError, TypeError, ValueError) as e:  # a malformed reply leaves out its site only
+                received[name] = f"{name}: malformed reply ({type(e).__name__}: {e})"
         try:
             record = self.server.round(r, received)
         except TooFewUpdates as e:  # the global model stays; Flower's next round may bring more sites
@@ -96,6 +99,7 @@ def main(grid: Grid, context: Context) -> None:
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
     flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
+                              limits=setup.limits(),
                               fraction_train=fed.fraction, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
                               min_evaluate_nodes=1, min_available_nodes=fed.min_clients)
 

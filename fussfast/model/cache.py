@@ -28,6 +28,32 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def files_digest(paths: Sequence[Path], memo: Path) -> str:
+    """A digest of the contents of ``paths`` (in order), so that a cache keyed on it goes stale
+    when a file changes under the same name. Each file's sha256 is remembered in ``memo`` with its
+    size, mtime and ctime and recomputed only when one of them changed: a write always moves
+    ctime, which no tool can set back."""
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    h, changed = hashlib.sha256(), False
+    for path in paths:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = known.get(str(path))
+        if entry is None or entry[:3] != stamp:
+            entry, changed = [*stamp, _file_sha256(Path(path))], True
+            known[str(path)] = entry
+        h.update(f"{path}\0{entry[3]}\n".encode())
+    if changed:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, memo)
+    return h.hexdigest()[:32]
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

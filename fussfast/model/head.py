@@ -52,7 +52,10 @@ class SupervisedHead(nn.Module):
         return self(feats)[1]
 
 
-def knn_table(descriptors: torch.Tensor, k: int = 30) -> torch.Tensor:
+KNN_WIDTH = 30  # neighbours kept per image (STEGO's kNN files keep 30)
+
+
+def knn_table(descriptors: torch.Tensor, k: int = KNN_WIDTH) -> torch.Tensor:
     """``[N, k]`` indices of each image's most cosine-similar images, the image itself excluded
     (STEGO's kNN file, per site). ``descriptors`` ``[N, C]`` are L2-normalized."""
     n = descriptors.shape[0]
