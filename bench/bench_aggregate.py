@@ -1,5 +1,5 @@
 """The FedCC aggregators: kmeans vs scikit-learn (CPU) and a plain torch k-means (GPU), and
-maximin vs a greedy torch loop.
+maximin vs the greedy torch loop of its reference.
 
 kmeans runs n_init=1, k=27, D=70 and a fixed number of Lloyd iterations on both sides (tol=0,
 max_iter=20; each side may stop earlier only when no label changes), so the times compare equal
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _common import record, sync_for
-from fussfast.ops import kmeans, maximin
+from fussfast.ops import kmeans, maximin, maximin_reference
 
 D, K, ITERS = 70, 27, 20
 
@@ -70,30 +70,20 @@ def bench_kmeans(benchmark, device, M, method):
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
-def greedy_loop(x, k):
-    """A greedy farthest-point loop in plain torch (the FUSS-style baseline)."""
-    min_dist = torch.full((x.shape[0],), float("inf"), device=x.device)
-    picks = [0]
-    for _ in range(1, k):
-        min_dist = torch.minimum(min_dist, ((x - x[picks[-1]]) ** 2).sum(1))
-        picks.append(int(min_dist.argmax()))
-    return picks
-
-
 @pytest.mark.parametrize("method", ["fused", "loop"])
 @pytest.mark.parametrize("M", [81, 10_000, 100_000, 1_000_000])
 def bench_maximin(benchmark, device, M, method):
     if benchmark.disabled and M != 81:
         pytest.skip("smoke runs (no --benchmark-enable) cover the smallest case")
     x, sync = points(M, device), sync_for(device)
-    fn = (lambda: maximin(x, K).tolist()) if method == "fused" else (lambda: greedy_loop(x, K))
+    fn = (lambda: maximin(x, K).tolist()) if method == "fused" else (lambda: maximin_reference(x, K).tolist())
 
     def run():
         out = fn()
         sync()
         return out
 
-    assert run() == greedy_loop(x, K)
+    assert run() == maximin_reference(x, K).tolist()
     record(benchmark, op="maximin", device=device, case=f"M={M} D={D} k={K}", method=method, mode="select",
            dtype=x.dtype)
     benchmark.pedantic(run, rounds=3 if M >= 100_000 else 20, iterations=1, warmup_rounds=1)

@@ -1,4 +1,5 @@
-"""cluster_assign: fused kernel vs STEGO's eager ClusterLookup vs torch.compile of it.
+"""cluster_assign: fused kernel vs STEGO's eager ClusterLookup (the reference) vs torch.compile
+of it.
 
 Sizes: the probe's training input (B images of 70-d codes at 28x28, K = 27 centroids; the codes
 are detached, as in STEGO, so only the centroids get gradients) and the evaluation size 40x40.
@@ -7,37 +8,21 @@ Without --benchmark-enable only the smallest case runs, once, and torch.compile 
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from _common import cuda_peak_mb, record, sync_for
-from fussfast.ops import cluster_assign
+from fussfast.ops import cluster_assign, cluster_assign_reference
 
 D, K = 70, 27
-
-
-def stego_cluster(x, clusters, alpha=None):
-    """STEGO's ClusterLookup.forward."""
-    normed_clusters = F.normalize(clusters, dim=1)
-    normed_features = F.normalize(x, dim=1)
-    inner_products = torch.einsum("bchw,nc->bnhw", normed_features, normed_clusters)
-    if alpha is None:
-        cluster_probs = F.one_hot(torch.argmax(inner_products, dim=1), clusters.shape[0]) \
-            .permute(0, 3, 1, 2).to(x.dtype)
-    else:
-        cluster_probs = torch.softmax(inner_products * alpha, dim=1)
-    cluster_loss = -(cluster_probs * inner_products).sum(1).mean()
-    return cluster_loss, cluster_probs
-
 
 _compiled = {}
 
 
-def compiled_stego_cluster(x, clusters):
-    fn = _compiled.setdefault("fn", torch.compile(stego_cluster, dynamic=False))
+def compiled_reference(x, clusters):
+    fn = _compiled.setdefault("fn", torch.compile(cluster_assign_reference, dynamic=False))
     return fn(x, clusters)
 
 
-METHODS = {"fused": cluster_assign, "eager": stego_cluster, "compile": compiled_stego_cluster}
+METHODS = {"fused": cluster_assign, "eager": cluster_assign_reference, "compile": compiled_reference}
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])

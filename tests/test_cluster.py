@@ -1,27 +1,13 @@
-"""cluster_assign / cluster_labels: fused kernels vs STEGO's ClusterLookup, gradients, bad input."""
+"""cluster_assign / cluster_labels: fused kernels vs STEGO's ClusterLookup (the reference),
+gradients, bad input."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fussfast
 from fussfast.ops import cluster_assign, cluster_assign_reference, cluster_labels
 
 CUDA_READY = fussfast.cuda_available()
-
-
-def stego_cluster_lookup(x, clusters, alpha):
-    """STEGO's ClusterLookup.forward (log_probs=False), as published."""
-    normed_clusters = F.normalize(clusters, dim=1)
-    normed_features = F.normalize(x, dim=1)
-    inner_products = torch.einsum("bchw,nc->bnhw", normed_features, normed_clusters)
-    if alpha is None:
-        cluster_probs = F.one_hot(torch.argmax(inner_products, dim=1), clusters.shape[0]) \
-            .permute(0, 3, 1, 2).to(x.dtype)
-    else:
-        cluster_probs = torch.softmax(inner_products * alpha, dim=1)
-    cluster_loss = -(cluster_probs * inner_products).sum(1).mean()
-    return cluster_loss, cluster_probs
 
 
 def make(B, D, H, W, K, device, dtype=torch.float64):
@@ -34,6 +20,23 @@ def make(B, D, H, W, K, device, dtype=torch.float64):
 SHAPES = [(1, 1, 1, 1, 1), (2, 5, 3, 7, 4), (3, 70, 11, 13, 27), (1, 33, 20, 17, 64)]
 
 
+@pytest.mark.parametrize("fn", [cluster_assign, cluster_assign_reference], ids=["op", "reference"])
+def test_by_hand(device, fn):
+    """Two pixels, (3, 4) and (1, 0), and centroids (1, 0) and (0, 2): the cosines are (0.6, 0.8)
+    and (1, 0). Hard: pixel 0 takes centroid 1, pixel 1 centroid 0, loss -(0.8 + 1) / 2.
+    alpha = 0: uniform probabilities, loss -(0.7 + 0.5) / 2."""
+    codes = torch.tensor([[3.0, 1.0], [4.0, 0.0]], dtype=torch.float64, device=device).view(1, 2, 1, 2)
+    centroids = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64, device=device)
+    loss, probs = fn(codes, centroids)
+    torch.testing.assert_close(loss, loss.new_tensor(-0.9), rtol=1e-12, atol=1e-14)
+    assert probs.tolist() == [[[[0.0, 1.0]], [[1.0, 0.0]]]]
+    loss, probs = fn(codes, centroids, alpha=0.0, reduction="sum")
+    torch.testing.assert_close(loss, loss.new_tensor(-1.2), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(probs, torch.full_like(probs, 0.5), rtol=1e-12, atol=1e-14)
+    loss, _ = fn(codes, centroids, alpha=0.0, reduction="none")
+    torch.testing.assert_close(loss, loss.new_tensor([-0.6]), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("alpha", [None, 0.0, 3.0])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_stego_float64(device, shape, alpha):
@@ -42,7 +45,7 @@ def test_matches_stego_float64(device, shape, alpha):
     codes.requires_grad_(True)
     centroids.requires_grad_(True)
     loss, probs = cluster_assign(codes, centroids, alpha=alpha)
-    want_loss, want_probs = stego_cluster_lookup(codes, centroids, alpha)
+    want_loss, want_probs = cluster_assign_reference(codes, centroids, alpha=alpha)
     torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(probs, want_probs.detach(), rtol=1e-12, atol=1e-12)
     got = torch.autograd.grad(loss, (codes, centroids))
@@ -101,7 +104,7 @@ def test_cluster_labels(device):
     codes, centroids = make(3, 70, 9, 10, 27, device, dtype=torch.float32)
     labels = cluster_labels(codes * torch.rand(3, 1, 9, 10, device=device) * 5, centroids)
     assert labels.dtype == torch.int64 and labels.shape == (3, 9, 10)
-    _, probs = stego_cluster_lookup(codes, centroids, None)
+    _, probs = cluster_assign_reference(codes, centroids)
     assert torch.equal(labels, probs.argmax(1))
 
 

@@ -1,4 +1,5 @@
-"""correlation_loss: fused kernels vs STEGO's formulation, gradients, dtypes, memory, bad input."""
+"""correlation_loss: fused kernels vs STEGO's formulation (the reference), gradients, dtypes,
+memory, bad input."""
 
 import itertools
 import subprocess
@@ -7,7 +8,6 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fussfast
 from fussfast.ops import correlation_loss, correlation_loss_reference
@@ -25,22 +25,36 @@ def make_inputs(B, C, D, hw1, hw2, device, dtype=torch.float64, seed=None):
     return [t.to(device=device, dtype=dtype) for t in (f1, f2, c1, c2)] + [shift.to(device)]
 
 
-def stego_helper(f1, f2, c1, c2, shift, pointwise, zero_clamp, stabilize):
-    """STEGO's ContrastiveCorrelationLoss.helper, as published (one call, one pair type)."""
-    def norm(t):
-        return F.normalize(t, dim=1, eps=1e-10)
+def by_hand_inputs(device):
+    """One pair, P = Q = 2, C = D = 2. Normalized features: p0 = (1, 0), p1 = (0, 1) and
+    q0 = (1, 0), q1 = (0.6, 0.8), so F = [[1, 0.6], [0, 0.8]], and pointwise
+    F - mean_q F + mean F = [[0.8, 0.4], [0.2, 1.0]]. Codes: S = [[1, -1], [0, 0]]."""
+    f1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    f2 = torch.tensor([[1.0, 3.0], [0.0, 4.0]])
+    c1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c2 = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+    return [t.view(1, 2, 1, 2).double().to(device) for t in (f1, f2, c1, c2)]
 
-    with torch.no_grad():
-        fd = torch.einsum("nchw,ncij->nhwij", norm(f1), norm(f2))
-        if pointwise:
-            old_mean = fd.mean()
-            fd -= fd.mean([3, 4], keepdim=True)
-            fd = fd - fd.mean() + old_mean
-    cd = torch.einsum("nchw,ncij->nhwij", norm(c1), norm(c2))
-    min_val = 0.0 if zero_clamp else -9999.0
-    if stabilize:
-        return -cd.clamp(min_val, 0.8) * (fd - shift)
-    return -cd.clamp(min_val) * (fd - shift)
+
+# (pointwise, zero_clamp, stabilize) -> mean of -clamp(S, lo, hi) * (F - 0.3) over the 4 elements
+BY_HAND = {
+    (False, True, False): -(1 - 0.3) / 4,
+    (True, True, False): -(0.8 - 0.3) / 4,
+    (True, False, False): (-(0.8 - 0.3) + (0.4 - 0.3)) / 4,
+    (False, True, True): -0.8 * (1 - 0.3) / 4,
+}
+
+
+@pytest.mark.parametrize("fn", [correlation_loss, correlation_loss_reference], ids=["op", "reference"])
+@pytest.mark.parametrize("options", sorted(BY_HAND))
+def test_by_hand(device, fn, options):
+    pointwise, zero_clamp, stabilize = options
+    args = by_hand_inputs(device) + [0.3]
+    opts = dict(pointwise=pointwise, zero_clamp=zero_clamp, stabilize=stabilize)
+    want = torch.tensor(BY_HAND[options], dtype=torch.float64, device=device)
+    torch.testing.assert_close(fn(*args, **opts), want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fn(*args, **opts, reduction="sum"), want * 4, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fn(*args, **opts, reduction="none"), want[None], rtol=1e-12, atol=1e-14)
 
 
 OPTIONS = list(itertools.product([True, False], repeat=3))  # pointwise, zero_clamp, stabilize
@@ -60,7 +74,7 @@ def test_matches_stego_float64(device, shape, pointwise, zero_clamp, stabilize):
     c2.requires_grad_(True)
     opts = dict(pointwise=pointwise, zero_clamp=zero_clamp, stabilize=stabilize)
     got = correlation_loss(f1, f2, c1, c2, 0.27, **opts)
-    want = stego_helper(f1, f2, c1, c2, 0.27, **opts).mean()
+    want = correlation_loss_reference(f1, f2, c1, c2, 0.27, **opts)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     g_got = torch.autograd.grad(got, (c1, c2))
     g_want = torch.autograd.grad(want, (c1, c2))
@@ -91,8 +105,8 @@ def test_groups_equal_separate_calls(device):
     shifts = torch.tensor([0.1] * 2 + [0.2] * 2 + [0.3] * 2, dtype=torch.float64, device=device)
     fused = correlation_loss(f1, f2, c1, c2, shifts, groups=3, reduction="none")
     separate = torch.cat([
-        stego_helper(f1[i:i + 2], f2[i:i + 2], c1[i:i + 2], c2[i:i + 2], 0.1 * (i // 2 + 1), True, True, False)
-        .mean((1, 2, 3, 4)) for i in (0, 2, 4)])
+        correlation_loss_reference(f1[i:i + 2], f2[i:i + 2], c1[i:i + 2], c2[i:i + 2], 0.1 * (i // 2 + 1),
+                                   reduction="none") for i in (0, 2, 4)])
     torch.testing.assert_close(fused, separate, rtol=1e-10, atol=1e-12)
     ref = correlation_loss_reference(f1, f2, c1, c2, shifts, groups=3, reduction="none")
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)

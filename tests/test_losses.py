@@ -6,20 +6,24 @@ import torch.nn.functional as F
 
 from fussfast.losses import PRESETS, CorrespondenceConfig, CorrespondenceLoss, derangement
 from fussfast.model import ClusterProbe
-from fussfast.ops import cluster_assign_reference
-
-from test_correlation import stego_helper
+from fussfast.ops import cluster_assign_reference, correlation_loss_reference
 
 
 def stego_sample(t, coords):
     return F.grid_sample(t, coords.permute(0, 2, 1, 3).to(t.dtype), padding_mode="border", align_corners=True)
 
 
+def stego_helper(cfg):
+    """STEGO's ContrastiveCorrelationLoss.helper with cfg's options: the per-pair mean losses."""
+    return lambda f1, f2, c1, c2, shift: correlation_loss_reference(
+        f1, f2, c1, c2, shift, pointwise=cfg.pointwise, zero_clamp=cfg.zero_clamp, stabilize=cfg.stabilize,
+        reduction="none")
+
+
 def stego_total(cfg, feats, codes, feats_pos, codes_pos, pts):
     """STEGO's ContrastiveCorrelationLoss.forward + its weighting in train_segmentation.py, with
     the given random draws."""
-    helper = lambda f1, f2, c1, c2, shift: stego_helper(f1, f2, c1, c2, shift, cfg.pointwise, cfg.zero_clamp,
-                                                        cfg.stabilize)
+    helper = stego_helper(cfg)
     f1, c1 = stego_sample(feats, pts.coords1), stego_sample(codes, pts.coords1)
     f2, c2 = stego_sample(feats_pos, pts.coords2), stego_sample(codes_pos, pts.coords2)
     intra = helper(f1, f1, c1, c1, cfg.pos_intra_shift)
@@ -58,8 +62,7 @@ def test_matches_stego_loss(device, preset, feature_samples):
 
 
 def _stego_full(cfg, feats, codes, feats_pos, codes_pos, perms):
-    helper = lambda f1, f2, c1, c2, shift: stego_helper(f1, f2, c1, c2, shift, cfg.pointwise, cfg.zero_clamp,
-                                                        cfg.stabilize)
+    helper = stego_helper(cfg)
     intra = helper(feats, feats, codes, codes, cfg.pos_intra_shift).mean()
     inter = helper(feats, feats_pos, codes, codes_pos, cfg.pos_inter_shift).mean()
     neg = torch.cat([helper(feats, feats[p], codes, codes[p], cfg.neg_inter_shift) for p in perms]).mean()

@@ -14,7 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../common/macros.h"
+#include "../common/dtype.h"
 #include "../common/tensor.h"
 
 namespace fussfast::back_ce {

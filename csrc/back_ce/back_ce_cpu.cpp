@@ -150,9 +150,8 @@ void forward_impl(const Tensor& logits, const Tensor& labels, const Tensor& pres
 
 void forward_cpu(const Tensor& logits, const Tensor& labels, const Tensor& present, int64_t ignore_index,
                  const Tensor& loss, const Tensor* grad) {
-  if (logits.dtype == DType::f32) return forward_impl<float>(logits, labels, present, ignore_index, loss, grad);
-  if (logits.dtype == DType::f64) return forward_impl<double>(logits, labels, present, ignore_index, loss, grad);
-  fail("back_ce", "the kernel takes float32 or float64 logits (the wrapper upcasts)");
+  FF_DISPATCH_ACC(logits.dtype, "back_ce",
+                  [&] { forward_impl<scalar_t>(logits, labels, present, ignore_index, loss, grad); });
 }
 
 }  // namespace fussfast::back_ce

@@ -27,15 +27,12 @@ void forward_cuda(const Tensor& logits, const Tensor& labels, const Tensor& pres
   if (n == 0) return;
   DeviceGuard guard(logits.device_id, "back_ce");
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  auto run = [&](auto zero) {
-    using A = decltype(zero);
+  FF_DISPATCH_ACC(logits.dtype, "back_ce", [&] {
+    using A = scalar_t;
     launch("back_ce", "back_ce_kernel", back_ce_kernel<A>, grid_of("back_ce", ceil_div(n, kThreads)), kThreads, 0,
            stream, logits.ptr<A>(), labels.ptr<int64_t>(), present.ptr<int32_t>(), ignore_index, loss.ptr<A>(),
            grad ? grad->ptr<A>() : nullptr, K, P, n);
-  };
-  if (logits.dtype == DType::f32) return run(0.0f);
-  if (logits.dtype == DType::f64) return run(0.0);
-  fail("back_ce", "the kernel takes float32 or float64 logits (the wrapper upcasts)");
+  });
 }
 
 }  // namespace fussfast::back_ce

@@ -76,9 +76,7 @@ void forward_impl(const Tensor& zt, const Tensor& ct, A alpha, const Outputs& ou
 }  // namespace
 
 void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out) {
-  if (z.dtype == DType::f32) return forward_impl<float>(z, c, float(alpha), out);
-  if (z.dtype == DType::f64) return forward_impl<double>(z, c, alpha, out);
-  fail("cluster_assign", "the CPU kernel takes float32 or float64 (the wrapper upcasts)");
+  FF_DISPATCH_ACC(z.dtype, "cluster_assign", [&] { forward_impl<scalar_t>(z, c, scalar_t(alpha), out); });
 }
 
 }  // namespace fussfast::cluster

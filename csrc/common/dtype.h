@@ -19,6 +19,11 @@ namespace fussfast {
 struct half_t { uint16_t bits; };
 struct bfloat16_t { uint16_t bits; };
 
+// L2 normalization divides by max(||x||, kNormEps), as STEGO's F.normalize(t, dim=1, eps=1e-10).
+constexpr double kNormEps = 1e-10;
+
+// The half-to-float32 rule, its one C++ definition: 16-bit and float32 inputs are computed in
+// float, float64 in double (accumulation() in binding.h is its runtime form for the checks).
 template <class T> struct acc_type { using type = float; };
 template <> struct acc_type<double> { using type = double; };
 template <class T> using acc_t = typename acc_type<T>::type;
@@ -123,7 +128,9 @@ FF_HD void store(bfloat16_t* p, float v) {
 }  // namespace fussfast
 
 // FF_DISPATCH_FLOAT(dtype, "op", [&] { kernel<scalar_t>(...); }) : runs the lambda with
-// scalar_t bound to the storage type of dtype.
+// scalar_t bound to the storage type of dtype. FF_DISPATCH_ACC: the same for kernels written for
+// the accumulation types only (the Python layer upcasts 16-bit inputs for them).
+// FF_DISPATCH_INDEX binds index_t to an integer dtype.
 #define FF_DISPATCH_CASE(ENUM, TYPE, NAME, ...) \
   case ::fussfast::DType::ENUM: {               \
     using NAME = TYPE;                          \
@@ -131,22 +138,31 @@ FF_HD void store(bfloat16_t* p, float v) {
     break;                                      \
   }
 
-#define FF_DISPATCH_FLOAT(DTYPE, OP, ...)                                                  \
-  switch (DTYPE) {                                                                       \
-    FF_DISPATCH_CASE(f32, float, scalar_t, __VA_ARGS__)                                  \
-    FF_DISPATCH_CASE(f64, double, scalar_t, __VA_ARGS__)                                 \
-    FF_DISPATCH_CASE(f16, ::fussfast::half_t, scalar_t, __VA_ARGS__)                     \
-    FF_DISPATCH_CASE(bf16, ::fussfast::bfloat16_t, scalar_t, __VA_ARGS__)                \
-    default:                                                                             \
-      ::fussfast::fail(OP, std::string("unsupported floating dtype ") +                  \
-                               ::fussfast::dtype_name(DTYPE));                           \
+#define FF_DISPATCH_FAIL(DTYPE, OP, WHAT) \
+  default:                                \
+    ::fussfast::fail(OP, std::string(WHAT) + ::fussfast::dtype_name(DTYPE));
+
+#define FF_DISPATCH_ACC_CASES(...)                    \
+  FF_DISPATCH_CASE(f32, float, scalar_t, __VA_ARGS__) \
+  FF_DISPATCH_CASE(f64, double, scalar_t, __VA_ARGS__)
+
+#define FF_DISPATCH_FLOAT(DTYPE, OP, ...)                                 \
+  switch (DTYPE) {                                                        \
+    FF_DISPATCH_ACC_CASES(__VA_ARGS__)                                    \
+    FF_DISPATCH_CASE(f16, ::fussfast::half_t, scalar_t, __VA_ARGS__)      \
+    FF_DISPATCH_CASE(bf16, ::fussfast::bfloat16_t, scalar_t, __VA_ARGS__) \
+    FF_DISPATCH_FAIL(DTYPE, OP, "unsupported floating dtype ")            \
   }
 
-#define FF_DISPATCH_INDEX(DTYPE, OP, ...)                                                \
-  switch (DTYPE) {                                                                       \
-    FF_DISPATCH_CASE(i32, int32_t, index_t, __VA_ARGS__)                                 \
-    FF_DISPATCH_CASE(i64, int64_t, index_t, __VA_ARGS__)                                 \
-    default:                                                                             \
-      ::fussfast::fail(OP, std::string("unsupported index dtype ") +                     \
-                               ::fussfast::dtype_name(DTYPE));                           \
+#define FF_DISPATCH_ACC(DTYPE, OP, ...)                                       \
+  switch (DTYPE) {                                                            \
+    FF_DISPATCH_ACC_CASES(__VA_ARGS__)                                        \
+    FF_DISPATCH_FAIL(DTYPE, OP, "this kernel takes float32 or float64, got ") \
+  }
+
+#define FF_DISPATCH_INDEX(DTYPE, OP, ...)                   \
+  switch (DTYPE) {                                          \
+    FF_DISPATCH_CASE(i32, int32_t, index_t, __VA_ARGS__)    \
+    FF_DISPATCH_CASE(i64, int64_t, index_t, __VA_ARGS__)    \
+    FF_DISPATCH_FAIL(DTYPE, OP, "unsupported index dtype ") \
   }

@@ -1,5 +1,5 @@
-// A plain, framework-free view of a dense tensor. The binding layer builds these from DLPack
-// arrays after validating them, so kernel sources never see nanobind or Python.
+// A plain, framework-free view of a dense tensor. The bindings (common/binding.h) build these
+// from DLPack arrays after validating them, so kernel sources never see nanobind or Python.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,7 @@ struct Tensor {
   int ndim = 0;
   int64_t shape[kMaxDims] = {};
 
-  int64_t size(int i) const { return shape[i < 0 ? i + ndim : i]; }
+  int64_t size(int i) const { return shape[i]; }
   int64_t numel() const { return inner(0); }
   // Product of the sizes from dim `from` on: the spatial size P of an NCHW map is inner(2).
   int64_t inner(int from) const {

@@ -25,8 +25,6 @@
 
 namespace fussfast::correlation {
 
-constexpr double kNormEps = 1e-10;  // STEGO's norm(): F.normalize(t, dim=1, eps=1e-10)
-
 FF_HD double inverse_norm(double sum_sq) {
   const double n = sqrt(sum_sq);
   return 1.0 / (n > kNormEps ? n : kNormEps);

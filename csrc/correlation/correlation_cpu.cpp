@@ -134,26 +134,18 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
     }
 }
 
-[[noreturn]] void cpu_dtype_error() {
-  fail("correlation_loss", "the CPU kernels take float32 or float64 (the wrapper upcasts)");
-}
-
 }  // namespace
 
 void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise) {
-  if (f1.dtype == DType::f32) return stats_impl<float>(f1, f2, st, pointwise);
-  if (f1.dtype == DType::f64) return stats_impl<double>(f1, f2, st, pointwise);
-  cpu_dtype_error();
+  FF_DISPATCH_ACC(f1.dtype, "correlation_loss", [&] { stats_impl<scalar_t>(f1, f2, st, pointwise); });
 }
 
 void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
                  const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads,
                  double lo, double hi) {
-  if (f1.dtype == DType::f32)
-    return forward_impl<float>(f1, f2, z1, z2, st, bias, loss, grads, float(lo), float(hi));
-  if (f1.dtype == DType::f64)
-    return forward_impl<double>(f1, f2, z1, z2, st, bias, loss, grads, lo, hi);
-  cpu_dtype_error();
+  FF_DISPATCH_ACC(f1.dtype, "correlation_loss", [&] {
+    forward_impl<scalar_t>(f1, f2, z1, z2, st, bias, loss, grads, scalar_t(lo), scalar_t(hi));
+  });
 }
 
 }  // namespace fussfast::correlation

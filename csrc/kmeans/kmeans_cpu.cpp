@@ -244,9 +244,9 @@ Result run(const Tensor& points, const Tensor* weights, const Options& opt, cons
 
 Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
                   const Tensor& centroids, const Tensor& labels) {
-  if (points.dtype == DType::f32) return run<float>(points, weights, opt, centroids, labels);
-  if (points.dtype == DType::f64) return run<double>(points, weights, opt, centroids, labels);
-  fail("kmeans", "the CPU kernel takes float32 or float64 (the wrapper upcasts)");
+  Result r{};
+  FF_DISPATCH_ACC(points.dtype, "kmeans", [&] { r = run<scalar_t>(points, weights, opt, centroids, labels); });
+  return r;
 }
 
 }  // namespace fussfast::kmeans

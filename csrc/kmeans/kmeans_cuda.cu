@@ -509,8 +509,10 @@ Result kmeans_cuda(const Tensor& points, const Tensor* weights, const Options& o
                    const Tensor& labels, uintptr_t stream_handle) {
   DeviceGuard guard(points.device_id, "kmeans");
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (points.dtype == DType::f32) return Runner<float>(points, weights, opt, stream).run(centroids, labels);
-  return Runner<double>(points, weights, opt, stream).run(centroids, labels);
+  Result r{};
+  FF_DISPATCH_ACC(points.dtype, "kmeans",
+                  [&] { r = Runner<scalar_t>(points, weights, opt, stream).run(centroids, labels); });
+  return r;
 }
 
 }  // namespace fussfast::kmeans

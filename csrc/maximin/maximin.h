@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
 #include "../common/tensor.h"
 
 namespace fussfast::maximin {

@@ -55,9 +55,7 @@ void run(const Tensor& points, bool cosine, int64_t start, const Tensor& indices
 }  // namespace
 
 void maximin_cpu(const Tensor& points, bool cosine, int64_t start, const Tensor& indices) {
-  if (points.dtype == DType::f32) return run<float>(points, cosine, start, indices);
-  if (points.dtype == DType::f64) return run<double>(points, cosine, start, indices);
-  fail("maximin", "the CPU kernel takes float32 or float64 (the wrapper upcasts)");
+  FF_DISPATCH_ACC(points.dtype, "maximin", [&] { run<scalar_t>(points, cosine, start, indices); });
 }
 
 }  // namespace fussfast::maximin

@@ -106,8 +106,8 @@ void maximin_cuda(const Tensor& points, bool cosine, int64_t start, const Tensor
   FF_CUDA_CHECK("maximin", cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative) fail("maximin", "this GPU cannot launch cooperative kernels");
   FF_CUDA_CHECK("maximin", cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  auto run = [&](auto zero) {
-    using A = decltype(zero);  // float or double: the binding admits nothing else
+  FF_DISPATCH_ACC(points.dtype, "maximin", [&] {
+    using A = scalar_t;
     auto kernel = maximin_kernel<A>;
     FF_CUDA_CHECK("maximin", cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
     const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(int64_t(sms) * per_sm, ceil_div(M, kThreads)));
@@ -119,9 +119,7 @@ void maximin_cuda(const Tensor& points, bool cosine, int64_t start, const Tensor
     launch_cooperative("maximin", "maximin_kernel", kernel, grid_of("maximin", blocks), kThreads, 0, stream,
                        points.ptr<A>(), M, D, cosine, start, k, min_dist, part_value, part_index,
                        indices.ptr<int64_t>());
-  };
-  if (points.dtype == DType::f32) run(0.f);
-  else run(0.0);
+  });
 }
 
 }  // namespace fussfast::maximin

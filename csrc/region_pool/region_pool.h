@@ -20,7 +20,6 @@
 
 namespace fussfast::region_pool {
 
-constexpr double kNormEps = 1e-10;  // F.normalize-style: x / max(||x||, eps)
 constexpr int64_t kIgnored = -1;
 constexpr int64_t kInvalid = -2;
 

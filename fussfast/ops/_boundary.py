@@ -16,6 +16,7 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 BACKENDS = ("fused", "reference")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def to_torch(op: str, **arrays: Any) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], Any]]:
@@ -56,6 +57,11 @@ def check_backend(op: str, backend: str) -> None:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def check_reduction(op: str, reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 def check_dtype(op: str, name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
     if t.dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
@@ -83,7 +89,7 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> torch.device:
 
 def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
     """Validates the [M, D] points, k and metric of a clustering op (kmeans, maximin). Returns the
-    points as contiguous float32/float64 (L2-normalized rows for "cosine") and k."""
+    points upcast (their kernels take float32/float64 only) and contiguous, and k."""
     if not isinstance(points, torch.Tensor):
         raise TypeError(f"{op}: points must be a torch.Tensor, got {type(points).__name__}")
     check_dtype(op, "points", points, FLOAT_DTYPES)
@@ -95,10 +101,10 @@ def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{op}: k={k} is larger than the number of points M={M}")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"{op}: metric must be one of ('euclidean', 'cosine'), got {metric!r}")
-    x = kernel_input(points.to(accumulation_dtype(points.dtype)))
+    x = kernel_input(upcast(points))
     if not torch.isfinite(x).all():
         raise ValueError(f"{op}: points contain NaN or Inf")
-    return (l2_normalize(x) if metric == "cosine" else x), k
+    return x, k
 
 
 def kernel_input(t: torch.Tensor) -> torch.Tensor:
@@ -121,5 +127,18 @@ def l2_normalize(t: torch.Tensor) -> torch.Tensor:
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Kernels accumulate 16-bit and float32 inputs in float32, float64 in float64."""
+    """The half-to-float32 rule, the one definition on the Python side: ops compute 16-bit and
+    float32 inputs in float32, float64 in float64 (C++: acc_t in csrc/common/dtype.h)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """t in its accumulation dtype: what the reference backend and the kernels that have no
+    16-bit loads compute on."""
+    return t.to(accumulation_dtype(t.dtype))
+
+
+def kernel_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype in which to hand t to kernels that load 16-bit types themselves on CUDA but take
+    float32/float64 only on the CPU (cluster_assign, correlation_loss)."""
+    return accumulation_dtype(t.dtype) if t.device.type == "cpu" else t.dtype

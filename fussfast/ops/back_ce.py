@@ -7,9 +7,9 @@ from torch.autograd.function import once_differentiable
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
 
 OP = "back_ce"
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def back_ce(logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor, *, ignore_index: int = 255,
@@ -32,13 +32,12 @@ def back_ce(logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor, *
             ``"reference"`` (plain torch).
     """
     bnd.check_backend(OP, backend)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    bnd.check_reduction(OP, reduction)
     present = _check_inputs(logits, labels, present, ignore_index)
     if backend == "reference":
-        per_pixel = _reference(logits, labels, present, ignore_index)
-    else:
-        per_pixel = _BackCE.apply(logits, labels, present, ignore_index)
+        loss = reference.back_ce(bnd.upcast(logits), labels, present, ignore_index=ignore_index, reduction=reduction)
+        return loss.to(logits.dtype)
+    per_pixel = _BackCE.apply(logits, labels, present, ignore_index)
     if reduction == "none":
         return per_pixel
     if reduction == "sum":
@@ -47,33 +46,13 @@ def back_ce(logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor, *
     return per_pixel.sum() / counted.sum().clamp(min=1)
 
 
-def back_ce_reference(logits, labels, present, *, ignore_index=255, reduction="mean"):
-    """BackCE in plain torch (log_softmax, masked logsumexp)."""
-    return back_ce(logits, labels, present, ignore_index=ignore_index, reduction=reduction, backend="reference")
-
-
-def _reference(logits, labels, present, ignore_index):
-    dtype = bnd.accumulation_dtype(logits.dtype)
-    x = logits.to(dtype)
-    lse = torch.logsumexp(x, dim=1)
-    shape = (present.shape[0], present.shape[1]) + (1,) * (x.dim() - 2)
-    absent = ~present.view(shape)
-    lse_absent = torch.logsumexp(x.masked_fill(~absent, float("-inf")), dim=1)
-    labelled = labels != ignore_index
-    picked = x.gather(1, torch.where(labelled, labels, 0).unsqueeze(1)).squeeze(1)
-    has_absent = absent.flatten(1).any(1).view(-1, *[1] * (labels.dim() - 1))
-    loss = torch.where(labelled, lse - picked, torch.where(has_absent, lse - lse_absent, torch.zeros_like(lse)))
-    return loss.to(logits.dtype)
-
-
 class _BackCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, present, ignore_index):
-        dtype = bnd.accumulation_dtype(logits.dtype)
-        x = bnd.kernel_input(logits.to(dtype))
+        x = bnd.kernel_input(bnd.upcast(logits))  # the kernels take float32/float64 only
         B, K = x.shape[:2]
-        loss = torch.empty(labels.shape, dtype=dtype, device=x.device)
-        grad = torch.empty(x.shape, dtype=dtype, device=x.device) if ctx.needs_input_grad[0] else None
+        loss = torch.empty(labels.shape, dtype=x.dtype, device=x.device)
+        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
         _C.back_ce_forward(x.view(B, K, -1), bnd.kernel_input(labels).view(B, -1),
                            present.to(torch.int32).contiguous(), int(ignore_index), loss.view(B, -1),
                            None if grad is None else grad.view(B, K, -1), bnd.stream_handle(x.device))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
 
 OP = "cluster_assign"
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def cluster_assign(
@@ -39,22 +38,19 @@ def cluster_assign(
     On CUDA the fused kernel takes up to 64 centroids.
     """
     bnd.check_backend(OP, backend)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    bnd.check_reduction(OP, reduction)
     alpha = _check_inputs(codes, centroids, alpha)
-    B, D, H, W = codes.shape
-    K = centroids.shape[0]
     if backend == "reference":
-        per_image, probs = _reference(codes, centroids, alpha)
-    else:
-        dtype = _kernel_dtype(codes)
-        z = bnd.l2_normalize(codes.to(dtype).flatten(2))
-        c = bnd.l2_normalize(centroids.to(dtype))
-        probs = torch.empty(B, K, H * W, dtype=dtype, device=codes.device)
-        totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs)  # alpha < 0: hard
-        per_image = -totals / (H * W)
-        probs = probs.view(B, K, H, W).to(codes.dtype)
-    per_image = per_image.to(codes.dtype)
+        z = bnd.upcast(codes)
+        loss, probs = reference.cluster_assign(z, centroids.to(z.dtype), alpha=alpha, reduction=reduction)
+        return loss.to(codes.dtype), probs.to(codes.dtype)
+    B, _, H, W = codes.shape
+    z = bnd.l2_normalize(codes.to(bnd.kernel_dtype(codes)).flatten(2))
+    c = bnd.l2_normalize(centroids.to(z.dtype))
+    probs = torch.empty(B, c.shape[0], H * W, dtype=z.dtype, device=codes.device)
+    totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs)  # alpha < 0: hard
+    per_image = (-totals / (H * W)).to(codes.dtype)
+    probs = probs.view(B, -1, H, W).to(codes.dtype)
     if reduction == "mean":
         return per_image.mean(), probs
     if reduction == "sum":
@@ -67,37 +63,13 @@ def cluster_labels(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor
     ties), without building the probabilities."""
     _check_inputs(codes, centroids, None)
     B, _, H, W = codes.shape
-    dtype = _kernel_dtype(codes)
     labels = torch.empty(B, H * W, dtype=torch.int64, device=codes.device)
     with torch.no_grad():
         # Scaling a pixel's code does not move its argmax, so only the centroids are normalized.
-        z = bnd.kernel_input(codes.to(dtype)).flatten(2)
-        c = bnd.kernel_input(bnd.l2_normalize(centroids.to(dtype)))
+        z = bnd.kernel_input(codes.to(bnd.kernel_dtype(codes))).flatten(2)
+        c = bnd.kernel_input(bnd.l2_normalize(centroids.to(z.dtype)))
         _C.cluster_forward(z, c, -1.0, None, labels, None, None, None, bnd.stream_handle(z.device))
     return labels.view(B, H, W)
-
-
-def cluster_assign_reference(codes, centroids, *, alpha=None, reduction="mean"):
-    """STEGO's ClusterLookup in plain torch (einsum, one_hot or softmax)."""
-    return cluster_assign(codes, centroids, alpha=alpha, reduction=reduction, backend="reference")
-
-
-def _reference(codes, centroids, alpha):
-    dtype = bnd.accumulation_dtype(codes.dtype)
-    normed_clusters = F.normalize(centroids.to(dtype), dim=1, eps=bnd.NORM_EPS)
-    normed_features = F.normalize(codes.to(dtype), dim=1, eps=bnd.NORM_EPS)
-    inner = torch.einsum("bchw,nc->bnhw", normed_features, normed_clusters)
-    if alpha is None:
-        probs = F.one_hot(torch.argmax(inner, dim=1), centroids.shape[0]).permute(0, 3, 1, 2).to(dtype)
-    else:
-        probs = torch.softmax(inner * alpha, dim=1)
-    per_image = -(probs * inner).sum(1).mean((1, 2))
-    return per_image, probs.to(codes.dtype)
-
-
-def _kernel_dtype(codes: torch.Tensor) -> torch.dtype:
-    # The CPU kernel computes in float32 (float64 for float64); CUDA reads 16-bit codes as they are.
-    return bnd.accumulation_dtype(codes.dtype) if codes.device.type == "cpu" else codes.dtype
 
 
 class _ClusterAssign(torch.autograd.Function):

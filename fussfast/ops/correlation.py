@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
 
 OP = "correlation_loss"
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def correlation_loss(
@@ -49,16 +48,16 @@ def correlation_loss(
     Float16/bfloat16 inputs are computed in float32 on the CPU; the loss has the codes' dtype.
     """
     bnd.check_backend(OP, backend)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    bnd.check_reduction(OP, reduction)
     shift = _check_inputs(feats1, feats2, codes1, codes2, shift, groups)
+    if backend == "reference":
+        dtype = bnd.accumulation_dtype(codes1.dtype)
+        f1, f2, c1, c2 = (t.to(dtype) for t in (feats1, feats2, codes1, codes2))
+        return reference.correlation_loss(f1, f2, c1, c2, shift, pointwise=pointwise, zero_clamp=zero_clamp,
+                                          stabilize=stabilize, reduction=reduction, groups=groups).to(codes1.dtype)
     lo = 0.0 if zero_clamp else -math.inf
     hi = 0.8 if stabilize else math.inf
-    if backend == "reference":
-        per_pair = _reference(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups)
-    else:
-        per_pair = _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups)
-    per_pair = per_pair.to(codes1.dtype)
+    per_pair = _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups).to(codes1.dtype)
     if reduction == "mean":
         return per_pair.mean()
     if reduction == "sum":
@@ -66,37 +65,9 @@ def correlation_loss(
     return per_pair
 
 
-def correlation_loss_reference(feats1, feats2, codes1, codes2, shift, *, pointwise=True, zero_clamp=True,
-                               stabilize=False, reduction="mean", groups=1):
-    """The STEGO formulation in plain torch (einsum, then elementwise): materializes [B, P, Q]."""
-    return correlation_loss(feats1, feats2, codes1, codes2, shift, pointwise=pointwise, zero_clamp=zero_clamp,
-                            stabilize=stabilize, reduction=reduction, groups=groups, backend="reference")
-
-
-def _norm(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return F.normalize(t.to(dtype).flatten(2), dim=1, eps=bnd.NORM_EPS)  # [B, C, P]
-
-
-def _reference(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
-    dtype = bnd.accumulation_dtype(codes1.dtype)
-    B = feats1.shape[0]
-    with torch.no_grad():
-        fd = torch.einsum("bcp,bcq->bpq", _norm(feats1, dtype), _norm(feats2, dtype))
-        if pointwise:
-            old_mean = fd.reshape(groups, -1).mean(1)
-            fd = fd - fd.mean(2, keepdim=True)
-            fd = fd - fd.reshape(groups, -1).mean(1).repeat_interleave(B // groups)[:, None, None]
-            fd = fd + old_mean.repeat_interleave(B // groups)[:, None, None]
-    cd = torch.einsum("bdp,bdq->bpq", _norm(codes1, dtype), _norm(codes2, dtype))
-    loss = -cd.clamp(lo, hi) * (fd - shift.to(dtype)[:, None, None])
-    return loss.mean((1, 2))
-
-
 def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
-    # The CPU kernels run in float32 (float64 for float64); CUDA reads 16-bit inputs as they are.
-    on_cpu = feats1.device.type == "cpu"
-    acc = bnd.accumulation_dtype(codes1.dtype)
-    dtype = acc if on_cpu else codes1.dtype
+    dtype = bnd.kernel_dtype(codes1)
+    acc = bnd.accumulation_dtype(dtype)
     f1 = bnd.kernel_input(feats1.to(dtype)).flatten(2)
     f2 = bnd.kernel_input(feats2.to(dtype)).flatten(2)
     B, C, P = f1.shape

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
+from fussfast.ops.reference import KMeansResult
 
 OP = "kmeans"
-
-
-@dataclass(frozen=True)
-class KMeansResult:
-    centroids: torch.Tensor  # [k, D], the points' dtype
-    labels: torch.Tensor  # [M] int64: the nearest centroid of every point
-    inertia: float  # sum of w * squared distance (euclidean) or w * (1 - cos) (cosine)
-    n_iter: int  # Lloyd iterations of the best run
 
 
 def kmeans(
@@ -51,75 +44,17 @@ def kmeans(
     """
     bnd.check_backend(OP, backend)
     x, w, k = _check_inputs(points, k, weights, metric, n_init, max_iter, tol, seed)
-    cosine = metric == "cosine"
-    tol_abs = float(tol * x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     if backend == "reference":
-        centroids, labels, inertia, n_iter = _reference(x, w, k, cosine, n_init, max_iter, tol_abs, seed)
-    else:
-        centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-        labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-        inertia, n_iter = _C.kmeans(x, w, k, n_init, max_iter, tol_abs, seed, cosine, centroids, labels,
-                                    bnd.stream_handle(x.device))
+        r = reference.kmeans(x, k, weights=w, metric=metric, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed)
+        return KMeansResult(r.centroids.to(points.dtype), r.labels, r.inertia, r.n_iter)
+    cosine = metric == "cosine"
+    x = bnd.l2_normalize(x) if cosine else x
+    tol_abs = float(tol * x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
+    centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    inertia, n_iter = _C.kmeans(x, w, k, n_init, max_iter, tol_abs, seed, cosine, centroids, labels,
+                                bnd.stream_handle(x.device))
     return KMeansResult(centroids.to(points.dtype), labels, float(inertia), int(n_iter))
-
-
-def kmeans_reference(points, k, **kwargs) -> KMeansResult:
-    """The same algorithm in plain torch (its own random draws, so not bit-identical)."""
-    return kmeans(points, k, backend="reference", **kwargs)
-
-
-def _distances(x, c, cosine):
-    if cosine:
-        return 1 - x @ c.T
-    return ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_min(0)
-
-
-def _reference(x, w, k, cosine, n_init, max_iter, tol, seed):
-    M = x.shape[0]
-    w = torch.ones(M, dtype=x.dtype, device=x.device) if w is None else w
-    g = torch.Generator().manual_seed(seed)
-    best = None
-    for _ in range(n_init):
-        # k-means++, greedy: the best of 2 + log k candidates drawn with probability ~ w * d^2
-        idx = torch.multinomial(w.cpu(), 1, generator=g).to(x.device)
-        c = x[idx]
-        closest = _distances(x, c, cosine)[:, 0]
-        for _ in range(1, k):
-            pot = w * closest
-            if pot.sum() > 0:
-                cand = torch.multinomial(pot.cpu(), 2 + int(math.log(k)), replacement=True, generator=g).to(x.device)
-            else:
-                cand = torch.zeros(1, dtype=torch.int64, device=x.device)
-            trial = torch.minimum(closest[None], _distances(x, x[cand], cosine).T)
-            pick = int((trial * w).sum(1).argmin())
-            closest = trial[pick]
-            c = torch.cat([c, x[cand[pick]][None]])
-        previous, n_iter = None, 0
-        for n_iter in range(1, max_iter + 1):
-            d = _distances(x, c, cosine)
-            labels = d.argmin(1)
-            if previous is not None and torch.equal(labels, previous):
-                break
-            previous = labels
-            one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype) * w[:, None]
-            mass = one_hot.sum(0)
-            new = (one_hot.T @ x) / mass.clamp_min(1e-300)[:, None]
-            empty = (mass == 0).nonzero().flatten()
-            if len(empty):
-                far = d.gather(1, labels[:, None])[:, 0].argsort(descending=True, stable=True)
-                new[empty] = x[far[:len(empty)]]
-            if cosine:
-                new = new / new.norm(dim=1, keepdim=True).clamp_min(1e-300)
-            shift = float(((new - c) ** 2).sum())
-            c = new
-            if shift <= tol:
-                break
-        d = _distances(x, c, cosine)
-        labels = d.argmin(1)
-        inertia = float((w * d.gather(1, labels[:, None])[:, 0]).sum())
-        if best is None or inertia < best[2]:
-            best = (c, labels, inertia, n_iter)
-    return best
 
 
 def _check_inputs(points, k, weights, metric, n_init, max_iter, tol, seed):

@@ -6,6 +6,7 @@ import torch
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
 
 OP = "maximin"
 
@@ -23,19 +24,8 @@ def maximin(points: torch.Tensor, k: int, *, metric: str = "euclidean", start: i
     if start >= x.shape[0]:
         raise ValueError(f"{OP}: start={start} is not a point index (M={x.shape[0]})")
     if backend == "reference":
-        return maximin_reference(x, k, cosine=metric == "cosine", start=start)
+        return reference.maximin(x, k, metric=metric, start=start)
+    cosine = metric == "cosine"
     indices = torch.empty(k, dtype=torch.int64, device=x.device)
-    _C.maximin(x, metric == "cosine", start, indices, bnd.stream_handle(x.device))
+    _C.maximin(bnd.l2_normalize(x) if cosine else x, cosine, start, indices, bnd.stream_handle(x.device))
     return indices
-
-
-def maximin_reference(x: torch.Tensor, k: int, *, cosine: bool = False, start: int = 0) -> torch.Tensor:
-    """The greedy loop in plain torch (points already normalized for cosine)."""
-    min_dist = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
-    picks = [start]
-    for _ in range(1, k):
-        c = x[picks[-1]]
-        d = 1 - x @ c if cosine else ((x - c) ** 2).sum(1)
-        min_dist = torch.minimum(min_dist, d)
-        picks.append(int(torch.argmax(min_dist)))  # first index of the maximum
-    return torch.tensor(picks, dtype=torch.int64, device=x.device)

@@ -9,6 +9,7 @@ from torch.autograd.function import once_differentiable
 
 from fussfast import _C
 from fussfast.ops import _boundary as bnd
+from fussfast.ops import reference
 
 OP = "region_pool"
 
@@ -49,41 +50,13 @@ def region_pool(
     (emb, lab), restore = bnd.to_torch(OP, embeddings=embeddings, labels=labels)
     num_classes, ignore_index = _check_inputs(emb, lab, num_classes, ignore_index)
     if backend == "reference":
-        means, counts = _reference(emb, lab, num_classes, ignore_index, normalize)
+        _raise_on_bad_labels(lab.flatten(1).long(), num_classes, ignore_index)
+        means, counts = reference.region_pool(bnd.upcast(emb), lab, num_classes, ignore_index=ignore_index,
+                                              normalize=normalize)
+        means = means.to(emb.dtype)
     else:
         means, counts = _RegionPool.apply(emb, lab, num_classes, ignore_index, bool(normalize))
     return restore(means), restore(counts)
-
-
-def region_pool_reference(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    *,
-    ignore_index: int = -1,
-    normalize: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch region_pool, written from the definition; same contract as region_pool."""
-    num_classes, ignore_index = _check_inputs(embeddings, labels, num_classes, ignore_index)
-    return _reference(embeddings, labels, num_classes, ignore_index, normalize)
-
-
-def _reference(emb, labels, num_classes, ignore_index, normalize):
-    B, D = emb.shape[:2]
-    x = emb.to(bnd.accumulation_dtype(emb.dtype)).flatten(2).transpose(1, 2)  # [B, P, D]
-    lab = labels.flatten(1).long()
-    ignored = lab == ignore_index
-    _raise_on_bad_labels(lab, num_classes, ignore_index, ignored)
-    # Row b*(K+1) + k holds class k of image b; ignored pixels go to the spare row K.
-    rows = torch.where(ignored, num_classes, lab) + torch.arange(B, device=lab.device)[:, None] * (num_classes + 1)
-    sums = x.new_zeros(B * (num_classes + 1), D).index_add(0, rows.flatten(), x.flatten(0, 1))
-    counts = torch.bincount(rows.flatten(), minlength=B * (num_classes + 1))
-    sums = sums.view(B, num_classes + 1, D)[:, :num_classes]
-    counts = counts.view(B, num_classes + 1)[:, :num_classes]
-    means = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
-    if normalize:
-        means = means / means.norm(dim=-1, keepdim=True).clamp_min(bnd.NORM_EPS)
-    return means.to(emb.dtype), counts
 
 
 class _RegionPool(torch.autograd.Function):
@@ -131,10 +104,8 @@ def _check_inputs(emb, labels, num_classes, ignore_index):
     return num_classes, ignore_index
 
 
-def _raise_on_bad_labels(lab, num_classes, ignore_index, ignored=None):
-    if ignored is None:
-        ignored = lab == ignore_index
-    bad = ~ignored & ((lab < 0) | (lab >= num_classes))
+def _raise_on_bad_labels(lab, num_classes, ignore_index):
+    bad = (lab != ignore_index) & ((lab < 0) | (lab >= num_classes))
     if bad.any():
         values = torch.unique(lab[bad])
         shown = ", ".join(str(v) for v in values[:8].tolist()) + (", ..." if len(values) > 8 else "")

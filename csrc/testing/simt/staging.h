@@ -1,4 +1,4 @@
-// The SIMT build of the binding (bindings.cpp with FUSSFAST_SIMT): every tensor of a call is
+// The SIMT build of the bindings (common/binding.h with FUSSFAST_SIMT): every tensor of a call is
 // copied into a guarded buffer before the kernels run (so an access past either end faults and
 // is reported), and copied back when the call returns normally. Also the module's controls:
 // simt_configure, simt_launches, simt_live_allocations.
