@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from _common import record, sync_for
+from fussfast.features import FeatureSet
 from fussfast.fed import make_strategy
 from fussfast.fed.client import Client
 from fussfast.losses import CorrespondenceConfig
-from fussfast.pipeline import FeatureSet, SiteModel, SupervisedModel
+from fussfast.tasks import SiteModel, SupervisedModel
 
 C, D, K, B = 384, 70, 27, 8
 

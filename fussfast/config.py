@@ -26,6 +26,9 @@ from fussfast.model.backbone import BACKBONES, PRECISIONS
 from fussfast.ops._boundary import BACKENDS
 from fussfast.tasks import OBJECTIVES, TASKS
 
+# Upper bounds of the size keys: beyond them a run could not allocate, or would not end.
+MAX_SIDE, MAX_CLASSES, MAX_CHANNELS, MAX_COUNT = 8192, 4096, 65536, 10**6
+
 FED_STRATEGIES = ("centralized", *STRATEGIES)  # centralized: the local strategy over one pooled site
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -47,15 +50,15 @@ class DataConfig:
     root: str | None = key(None, "dataset directory (every kind but synthetic)")
     split: str = key("3x6", "cityscapes: 3x6, 6x3 or 18x1 cities per site; or class-erased (supervised)")
     classes_per_site: int = key(2, "class-erased: classes each site annotates (the rest become ignore)",
-                                at_least=1)
+                                at_least=1, at_most=MAX_CLASSES)
     crop: str = key("center", "training images: center (resize + centre crop) or five (five-crop)",
                     choices=CROPS)
-    num_classes: int = key(6, "classes in the data (clusters, unsupervised)", at_least=1)
-    image_size: int = key(64, "training resolution (a multiple of the patch size)", at_least=1)
-    eval_size: int = key(64, "evaluation resolution", at_least=1)
-    sites: int = key(3, "synthetic, cocostuff27: number of sites", at_least=1)
-    images_per_site: int = key(48, "synthetic: training images per site", at_least=1)
-    eval_images: int = key(24, "synthetic: images of the shared evaluation set", at_least=1)
+    num_classes: int = key(6, "classes in the data (clusters, unsupervised)", at_least=1, at_most=MAX_CLASSES)
+    image_size: int = key(64, "training resolution (a multiple of the patch size)", at_least=1, at_most=MAX_SIDE)
+    eval_size: int = key(64, "evaluation resolution", at_least=1, at_most=MAX_SIDE)
+    sites: int = key(3, "synthetic, cocostuff27: number of sites", at_least=1, at_most=MAX_COUNT)
+    images_per_site: int = key(48, "synthetic: training images per site", at_least=1, at_most=MAX_COUNT)
+    eval_images: int = key(24, "synthetic: images of the shared evaluation set", at_least=1, at_most=MAX_COUNT)
     alpha: float = key(0.5, "synthetic, cocostuff27: Dirichlet label skew over sites (0: IID)", at_least=0)
 
 
@@ -64,14 +67,16 @@ class ModelConfig:
     backbone: str = key("vit_small_patch8_224.dino", "frozen DINO ViT (timm name)", choices=BACKBONES)
     weights: str = key("random", "random, timm (downloads), or a local weights file")
     precision: str = key("fp16", "backbone precision", choices=PRECISIONS)
-    code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1)
-    embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1)
+    code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1, at_most=MAX_CHANNELS)
+    embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1,
+                          at_most=MAX_CHANNELS)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     preset: str = key("cityscapes", "correspondence-loss weights and shifts (STEGO's presets)", choices=PRESETS)
-    feature_samples: int = key(11, "correspondence loss: grid points per side sampled per image", at_least=1)
+    feature_samples: int = key(11, "correspondence loss: grid points per side sampled per image", at_least=1,
+                               at_most=MAX_SIDE)
     num_neighbors: int = key(2, "kNN positives per image (FUSS: 2)", at_least=1, at_most=KNN_WIDTH)
     objective: str = key("backce+contrast", "supervised: ce, backce or backce+contrast (FedSeg Table 1a)",
                          choices=OBJECTIVES)
@@ -79,13 +84,14 @@ class LossConfig:
     contrast_tau: float = key(0.07, "supervised: temperature of the contrast", above=0)
     pseudo_threshold: float = key(0.8, "supervised: global-model confidence for a pseudo-label", at_least=0,
                                   at_most=1)
-    max_anchors: int = key(4096, "supervised: anchor pixels per batch, balanced over classes", at_least=1)
+    max_anchors: int = key(4096, "supervised: anchor pixels per batch, balanced over classes", at_least=1,
+                           at_most=MAX_COUNT)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_steps: int = key(40, "local steps per round", at_least=1)
-    batch_size: int = key(8, "images per step", at_least=1)
+    local_steps: int = key(40, "local steps per round", at_least=1, at_most=MAX_COUNT)
+    batch_size: int = key(8, "images per step", at_least=1, at_most=MAX_COUNT)
     head_lr: float = key(5e-4, "Adam learning rate of the head", above=0)
     probe_lr: float = key(5e-3, "unsupervised: Adam learning rate of the centroids", above=0)
     backend: str = key("fused", "fused kernels or the pure-torch references, for every op", choices=BACKENDS)
@@ -94,7 +100,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class FedConfig:
     strategy: str = key("centralized", "how the server combines the sites (table above)", choices=FED_STRATEGIES)
-    rounds: int = key(3, "federated rounds", at_least=1)
+    rounds: int = key(3, "federated rounds", at_least=1, at_most=MAX_COUNT)
     clients_per_round: int = key(0, "sites sampled each round (0: use fed.fraction)", at_least=0)
     fraction: float = key(1.0, "share of the sites sampled each round (at least one)", above=0, at_most=1)
     weighted: bool = key(True, "average weighted by each site's sample count")

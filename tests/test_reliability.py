@@ -249,3 +249,56 @@ def test_flower_server_leaves_out_malformed_and_duplicate_replies():
                                       reply("a", {"num-examples": 3, "loss": 0.1})])
     assert arrays is not None and set(s.pending["excluded"]) == {"b", "a#2"}
     assert "malformed reply" in s.pending["excluded"]["b"] and "second reply" in s.pending["excluded"]["a#2"]
+
+
+def test_reference_cosine_kmeans_on_repeated_points():
+    from fussfast.ops import kmeans
+
+    x = torch.nn.functional.normalize(torch.randn(300, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    x = torch.cat([x, x])  # equal directions: 1 - cos rounds to just below 0
+    for seed in range(5):
+        result = kmeans(x, 7, metric="cosine", backend="reference", seed=seed)
+        assert result.inertia >= 0 and result.labels.unique().numel() == 7
+
+
+@pytest.mark.parametrize("argument, value", [("n_init", 2**62), ("max_iter", 2**62), ("seed", 2**63)])
+def test_kmeans_refuses_sizes_that_would_not_end(argument, value):
+    from fussfast.ops import kmeans
+
+    with pytest.raises(ValueError, match=f"{argument} must be <="):
+        kmeans(torch.randn(10, 2), 2, **{argument: value}, backend="reference")
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-310, 1e150])  # zero, denormal, huge
+def test_fused_gradients_at_degenerate_vectors_match_the_reference(device, scale):
+    """Codes, centroids and features of zero, denormal or huge norm: the fused ops' values and
+    gradients are those of the reference (F.normalize's eps), never NaN."""
+    from fussfast.ops import cluster_assign, cluster_assign_reference, correlation_loss, correlation_loss_reference
+
+    g = torch.Generator().manual_seed(int(scale > 1) + 2 * int(scale == 0))
+
+    def degenerate(*shape, where):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        t[where] = t[where] * scale if scale else 0.0
+        return t.to(device).requires_grad_()
+
+    z, c = degenerate(2, 5, 3, 4, where=(0, slice(None), 1, 2)), degenerate(3, 5, where=1)
+    loss, _ = cluster_assign(z, c)
+    ref, _ = cluster_assign_reference(z, c)
+    grads = torch.autograd.grad(loss, (z, c))
+    want = torch.autograd.grad(ref, (z, c))
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    for got, exp in zip(grads, want):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-9 * max(1.0, float(exp.abs().max())))
+
+    f1, f2 = (degenerate(2, 6, 3, 3, where=(1, slice(None), 0, 0)) for _ in range(2))
+    z1, z2 = degenerate(2, 4, 3, 3, where=(1, slice(None), 2, 2)), degenerate(2, 4, 3, 3, where=(0, slice(None), 0, 1))
+    shift = torch.full((2,), 0.3, dtype=torch.float64, device=device)
+    out, ref = correlation_loss(f1, f2, z1, z2, shift), correlation_loss_reference(f1, f2, z1, z2, shift)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(out.sum(), (z1, z2))
+    want = torch.autograd.grad(ref.sum(), (z1, z2))
+    for got, exp in zip(grads, want):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-9 * max(1.0, float(exp.abs().max())))

@@ -31,13 +31,14 @@ FF_HD double inverse_norm(double sum_sq) {
 }
 
 // One (p, q) element: adds its loss to `loss` and returns d loss / d S. The clamp passes the
-// gradient where lo <= S <= hi, as torch.clamp does.
+// gradient only where lo < S < hi, as torch.clamp's backward does: S = 0 exactly (a zero code)
+// then has zero gradient, not a 1/eps-sized one.
 template <class A>
 FF_HD A pair_term(A f, A s, A bias, A lo, A hi, A& loss) {
   const A v = f + bias;
   const A clamped = s < lo ? lo : (s > hi ? hi : s);
   loss -= clamped * v;
-  return (s >= lo && s <= hi) ? -v : A(0);
+  return (s > lo && s < hi) ? -v : A(0);
 }
 
 struct Stats {

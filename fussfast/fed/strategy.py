@@ -19,9 +19,10 @@ import torch
 
 from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
+from fussfast.ops._boundary import METRICS
 
 CENTROIDS = "centroids"
-CC_METRICS = ("euclidean", "cosine")
+CC_METRICS = METRICS  # FedCC clusters with the ops' metrics
 PROX_SCOPES = ("head", "mlp")
 _REGISTRY: dict[str, tuple[type, dict]] = {}
 

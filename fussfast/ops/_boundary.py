@@ -16,6 +16,7 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 BACKENDS = ("fused", "reference")
+METRICS = ("euclidean", "cosine")  # of the clustering ops (kmeans, maximin)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -68,11 +69,13 @@ def check_dtype(op: str, name: str, t: torch.Tensor, allowed: tuple[torch.dtype,
         raise TypeError(f"{op}: {name} must be one of {names}, got {str(t.dtype).removeprefix('torch.')}")
 
 
-def check_int(op: str, name: str, value: Any, minimum: int | None = None) -> int:
+def check_int(op: str, name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{op}: {name} must be <= {maximum}, got {value} (too large to finish)")
     return int(value)
 
 
@@ -99,8 +102,8 @@ def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
     k = check_int(op, "k", k, minimum=1)
     if k > M:
         raise ValueError(f"{op}: k={k} is larger than the number of points M={M}")
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"{op}: metric must be one of ('euclidean', 'cosine'), got {metric!r}")
+    if metric not in METRICS:
+        raise ValueError(f"{op}: metric must be one of {METRICS}, got {metric!r}")
     x = kernel_input(upcast(points))
     if not torch.isfinite(x).all():
         raise ValueError(f"{op}: points contain NaN or Inf")
@@ -122,8 +125,9 @@ NORM_EPS = 1e-10  # STEGO's norm(): F.normalize(t, dim=1, eps=1e-10)
 
 def l2_normalize(t: torch.Tensor) -> torch.Tensor:
     """t / max(||t||, 1e-10) over dim 1, with autograd: F.normalize's value, but a plain sum of
-    squares, which torch reduces much faster than its strided norm on NCHW layouts."""
-    return t / t.square().sum(1, keepdim=True).sqrt().clamp_min(NORM_EPS)
+    squares, which torch reduces much faster than its strided norm on NCHW layouts. Clamped before
+    the square root, so a zero vector has F.normalize's finite gradient (1/eps), not 0 * inf."""
+    return t / t.square().sum(1, keepdim=True).clamp_min(NORM_EPS ** 2).sqrt()
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -12,6 +12,7 @@ from fussfast.ops import reference
 from fussfast.ops.reference import KMeansResult
 
 OP = "kmeans"
+MAX_INIT, MAX_ITER = 10_000, 1_000_000  # beyond these a call would not end in useful time
 
 
 def kmeans(
@@ -59,9 +60,9 @@ def kmeans(
 
 def _check_inputs(points, k, weights, metric, n_init, max_iter, tol, seed):
     x, k = bnd.point_set(OP, points, k, metric)
-    bnd.check_int(OP, "n_init", n_init, minimum=1)
-    bnd.check_int(OP, "max_iter", max_iter, minimum=1)
-    bnd.check_int(OP, "seed", seed, minimum=0)
+    bnd.check_int(OP, "n_init", n_init, minimum=1, maximum=MAX_INIT)
+    bnd.check_int(OP, "max_iter", max_iter, minimum=1, maximum=MAX_ITER)
+    bnd.check_int(OP, "seed", seed, minimum=0, maximum=2**63 - 1)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"{OP}: tol must be a finite number >= 0, got {tol!r}")
     if weights is None:

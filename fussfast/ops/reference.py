@@ -127,7 +127,7 @@ class KMeansResult:
 
 def _distances(x, c, cosine):
     if cosine:
-        return 1 - x @ c.T
+        return (1 - x @ c.T).clamp_min(0)  # rounding may give 1 - cos < 0 for equal directions
     return ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_min(0)
 
 
