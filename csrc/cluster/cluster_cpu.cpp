@@ -25,8 +25,9 @@ void forward_impl(const Tensor& zt, const Tensor& ct, A alpha, const Outputs& ou
   std::vector<A> grad_c_task(out.grad_c ? tasks * K * D : 0, A(0));
   std::vector<double> task_total(tasks, 0.0);
 
+  ParallelErrors errors;
 #pragma omp parallel num_threads(threads)
-  {
+  errors.guard([&] {
     const int t = worker_id();
     std::vector<A> X(kTileP * K), G(kTileP * K), prob(K);
     for (int64_t task = tasks * t / threads; task < tasks * (t + 1) / threads; ++task) {
@@ -53,7 +54,8 @@ void forward_impl(const Tensor& zt, const Tensor& ct, A alpha, const Outputs& ou
       if (out.grad_c)
         cpu::gemm({K, D, tp, 1, K, 1, P, D, false}, G.data(), zb, grad_c_task.data() + task * K * D);
     }
-  }
+  });
+  errors.rethrow();
 
   if (out.total) {
     A* total = out.total->ptr<A>();

@@ -8,6 +8,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -134,21 +135,29 @@ inline DType accumulation(DType t) {
 }
 
 // Runs cpu() or cuda() for the device of t, without the GIL; the SIMT build always runs cuda().
+// Running out of memory raises MemoryError naming the op and its first input's shape.
 template <class Cpu, class Cuda>
 void on_device(const std::string& op, const Tensor& t, Cpu cpu, Cuda cuda) {
-  nb::gil_scoped_release release;
+  try {
+    nb::gil_scoped_release release;
 #ifdef FUSSFAST_SIMT
-  (void)op, (void)t, (void)cpu;
-  return cuda();
+    (void)cpu;
+    return cuda();
 #endif
-  if (t.device == Device::cpu) return cpu();
+    if (t.device == Device::cpu) return cpu();
 #ifdef FUSSFAST_WITH_CUDA
-  return cuda();
+    return cuda();
 #else
-  (void)cuda;
-  fail(op, "this fussfast build has no CUDA kernels (no nvcc at build time); reinstall with "
-           "FUSSFAST_CUDA=on, or use backend=\"reference\"");
+    (void)cuda;
+    fail(op, "this fussfast build has no CUDA kernels (no nvcc at build time); reinstall with "
+             "FUSSFAST_CUDA=on, or use backend=\"reference\"");
 #endif
+  } catch (const std::bad_alloc&) {  // the GIL is held again here
+    const std::string msg = op + ": out of memory for the kernel's scratch (input of shape " + t.shape_str() +
+                            " on " + (t.device == Device::cpu ? "cpu" : "cuda") + "); use smaller inputs";
+    PyErr_SetString(PyExc_MemoryError, msg.c_str());
+    throw nb::python_error();
+  }
 }
 
 }  // namespace fussfast

@@ -1,8 +1,11 @@
 // Helpers for the CPU kernels.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -48,5 +51,32 @@ inline int worker_id() {
   return 0;
 #endif
 }
+
+// An exception must not leave an OpenMP region: the runtime would terminate the process. Work
+// inside a region runs through guard(), which keeps the first exception (std::bad_alloc of a
+// thread's scratch, say) and skips the rest; rethrow() raises it after the region, so that it
+// reaches Python (as MemoryError) and the process stays usable.
+class ParallelErrors {
+ public:
+  template <class Work>
+  void guard(Work&& work) noexcept {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      work();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_relaxed);
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::mutex mutex_;
+  std::exception_ptr error_;
+};
 
 }  // namespace fussfast

@@ -20,8 +20,9 @@ constexpr int64_t kTileP = 128, kTileQ = 128;
 template <class A>
 void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool pointwise) {
   const int64_t B = f1t.size(0), C = f1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B; ++b) errors.guard([&] {
     const A* f1 = f1t.ptr<A>() + b * C * P;
     const A* f2 = f2t.ptr<A>() + b * C * Q;
     A* inv1 = st.inv1.ptr<A>() + b * P;
@@ -54,7 +55,8 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
       for (int64_t p = 0; p < P; ++p) off1[p] *= inv1[p];
     }
     st.pair_mean.ptr<A>()[b] = A(mean);
-  }
+  });
+  errors.rethrow();
 }
 
 template <class A>
@@ -82,8 +84,9 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
   std::vector<A> gz2_private(grads ? slot0[threads] * D * Q : 0, A(0));
   std::vector<double> task_loss(tasks, 0.0);
 
+  ParallelErrors errors;
 #pragma omp parallel num_threads(threads)
-  {
+  errors.guard([&] {
     const int t = worker_id();
     std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ);
     for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
@@ -115,7 +118,8 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
       }
       task_loss[task] = loss_sum;
     }
-  }
+  });
+  errors.rethrow();
 
   A* loss = loss_t.ptr<A>();
   for (int64_t b = 0; b < B; ++b) {

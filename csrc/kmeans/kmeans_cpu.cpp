@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../common/cpu_utils.h"
 #include "../common/gemm_cpu.h"
 #include "../common/random.h"
 #include "kmeans.h"
@@ -33,8 +34,10 @@ template <class F>
 double chunked_sum(int64_t M, F f) {
   const int64_t chunks = (M + kChunk - 1) / kChunk;
   std::vector<double> part(chunks);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) part[c] = f(c * kChunk, std::min(M, (c + 1) * kChunk));
+  for (int64_t c = 0; c < chunks; ++c) errors.guard([&] { part[c] = f(c * kChunk, std::min(M, (c + 1) * kChunk)); });
+  errors.rethrow();
   return std::accumulate(part.begin(), part.end(), 0.0);
 }
 
@@ -130,8 +133,9 @@ void kmeans_plus_plus(const Data<A>& data, int64_t k, Random& rng, A* C) {
     }
     const std::vector<A> cc = squared_norms(cand.data(), trials, D);
     // potential after adding each candidate: per chunk, then summed in chunk order
+    ParallelErrors errors;
 #pragma omp parallel for schedule(static)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
+    for (int64_t ch = 0; ch < chunks; ++ch) errors.guard([&] {
       thread_local std::vector<A> d;
       const int64_t b = ch * kChunk, e = std::min(M, b + kChunk);
       distances_to(data, cand.data(), cc.data(), trials, b, e, d);
@@ -140,7 +144,8 @@ void kmeans_plus_plus(const Data<A>& data, int64_t k, Random& rng, A* C) {
         for (int64_t i = b; i < e; ++i) s += data.weight(i) * std::min(closest[i], d[(i - b) * trials + t]);
         part[ch * trials + t] = s;
       }
-    }
+    });
+    errors.rethrow();
     int64_t best = 0;
     double best_pot = INFINITY;
     for (int64_t t = 0; t < trials; ++t) {
@@ -165,8 +170,9 @@ void update(const Data<A>& data, int64_t k, const int64_t* labels, const A* dist
   for (int64_t i = 0; i < M; ++i) order[fill[labels[i]]++] = i;
 
   std::vector<char> empty(k, 0);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t c = 0; c < k; ++c) {
+  for (int64_t c = 0; c < k; ++c) errors.guard([&] {
     std::vector<double> sum(D, 0.0);
     double wsum = 0;
     for (int64_t j = start[c]; j < start[c + 1]; ++j) {
@@ -180,7 +186,8 @@ void update(const Data<A>& data, int64_t k, const int64_t* labels, const A* dist
     } else {
       empty[c] = 1;
     }
-  }
+  });
+  errors.rethrow();
   const int64_t n_empty = std::count(empty.begin(), empty.end(), 1);
   if (n_empty > 0) {
     std::vector<int64_t> far(M);

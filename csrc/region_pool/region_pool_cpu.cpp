@@ -59,17 +59,20 @@ void scatter_rows(const T* table, int64_t P, const int32_t* region, T* rows) {
 }
 
 // Runs body(b, d0, nb) for every image and block of up to kChannels channels, in parallel, with
-// a per-thread table of (K + 1) * kChannels values of type V.
+// a per-thread table of (K + 1) * kChannels values of type V (allocated before the region, so
+// that running out of memory raises instead of ending the process).
 template <class V, class Body>
 void for_each_channel_block(int64_t B, int64_t D, int64_t K, Body body) {
   const int64_t blocks = (D + kChannels - 1) / kChannels;
-#pragma omp parallel
+  const int64_t width = (K + 1) * kChannels;
+  std::vector<V> tables(int64_t(worker_count(B * blocks)) * width);
+#pragma omp parallel num_threads(worker_count(B * blocks))
   {
-    std::vector<V> table((K + 1) * kChannels);
+    V* table = tables.data() + worker_id() * width;
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t blk = 0; blk < blocks; ++blk)
-        body(b, blk * kChannels, std::min<int64_t>(kChannels, D - blk * kChannels), table.data());
+        body(b, blk * kChannels, std::min<int64_t>(kChannels, D - blk * kChannels), table);
   }
 }
 
