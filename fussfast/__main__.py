@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report({Path(d).name: d for d in args.runs}, args.out))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of our output stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         if args.debug or os.environ.get("FUSSFAST_DEBUG") == "1":
             raise

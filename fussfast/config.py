@@ -145,7 +145,7 @@ class Config:
         return _build(self.to_dict(), overrides)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in ("data", "model", "loss", "train", "fed")}
+SECTIONS = ("data", "model", "loss", "train", "fed")  # the tables of a config file
 
 
 def keys() -> list[tuple[str, dataclasses.Field, Any]]:
@@ -251,9 +251,13 @@ def _checked(name: str, value: Any, kind: Any, meta: dict) -> Any:
     if meta["choices"] is not None and value not in meta["choices"]:
         raise ConfigError(f"config key {name!r} must be one of {meta['choices']}, got {value!r}")
     low, high = meta["at_least"], meta["at_most"]
-    below = meta["above"] is not None and value <= meta["above"]
-    if below or (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"config key {name!r} must be {_allowed(meta)}, got {value!r}")
+    below = (meta["above"] is not None and value <= meta["above"]) or (low is not None and value < low)
+    above = high is not None and value > high
+    if below or above:
+        # a float's range is one interval; an int's bounds are a floor and, apart, a size cap
+        allowed = _allowed(meta) if kind is float else \
+            _allowed({**meta, "at_most": None}) if below else f"<= {high} (larger cannot run)"
+        raise ConfigError(f"config key {name!r} must be {allowed}, got {value!r}")
     return value
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fussfast._files import file_sha256
 from fussfast.model import FrozenBackbone
 from fussfast.model.cache import FeatureCache
 
@@ -36,11 +36,7 @@ def weights_digest(weights: str, seed: int) -> str:
         return f"random-seed{seed}"
     if weights == "timm":
         return "timm"
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(weights)[:16]
 
 
 def extract(backbone: FrozenBackbone, dataset, key: dict, cache_dir: str | Path, device: torch.device,

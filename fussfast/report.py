@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from fussfast._files import read_json
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 
@@ -44,12 +45,7 @@ figure{margin:0}figcaption{font-size:.85em;text-align:center}img{image-rendering
 
 def _load(run_dir: Path) -> dict:
     path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no run at {run_dir}: {path} does not exist")
-    try:
-        metrics = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    metrics = read_json(path)
     missing = [k for k in ("config", "rounds", "final", "baseline") if k not in metrics]
     if missing or not isinstance(metrics.get("config"), dict):
         raise ValueError(f"{path}: not the metrics of a fussfast run (missing {missing or ['config']})")

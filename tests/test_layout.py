@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first; a package imports only from layers below its own (docs/architecture.md).
 LAYERS = [
     ["fussfast._C"],  # the compiled extension
-    ["fussfast._info", "fussfast.ops"],
+    ["fussfast._info", "fussfast._files", "fussfast.ops"],
     ["fussfast.losses", "fussfast.model", "fussfast.data", "fussfast.eval"],
     ["fussfast.features"],
     ["fussfast.tasks"],

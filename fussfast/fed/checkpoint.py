@@ -10,7 +10,6 @@ SHA-256, and ``load_checkpoint`` refuses a file that does not match (``Checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,19 +18,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from fussfast._files import file_sha256, read_json
+
 FORMAT = "fussfast-checkpoint/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the file and what is wrong."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -84,7 +77,7 @@ def save_checkpoint(directory: str | Path, round: int, tensors: dict[str, torch.
     os.replace(tmp, directory / name)
     path = directory / name
     state = {"format": FORMAT, "round": round, "tensors": name, "bytes": path.stat().st_size,
-             "sha256": _sha256(path), **meta}
+             "sha256": file_sha256(path), **meta}
     tmp = directory / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, directory / "state.json")
@@ -100,10 +93,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     path = Path(directory) / "state.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    state = read_json(path, CheckpointError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     missing = [k for k in ("round", "tensors", "bytes", "sha256", "history", "clients") if k not in state]
@@ -112,7 +102,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     tensors = Path(directory) / str(state["tensors"])
     if tensors.parent != Path(directory) or not tensors.is_file():
         raise CheckpointError(f"{tensors}: the checkpoint's tensor file is missing")
-    if tensors.stat().st_size != state["bytes"] or _sha256(tensors) != state["sha256"]:
+    if tensors.stat().st_size != state["bytes"] or file_sha256(tensors) != state["sha256"]:
         raise CheckpointError(f"{tensors}: contents differ from the digest in {path.name} (truncated or changed)")
     if not isinstance(state["history"], list) or len(state["history"]) != state["round"]:
         raise CheckpointError(f"{path}: holds {len(state['history'])} round records for round {state['round']}")

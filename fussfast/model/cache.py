@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from fussfast._files import file_sha256
+
 FORMAT = 1
 _DTYPES = {"F16": torch.float16, "F32": torch.float32}
 
@@ -43,7 +45,7 @@ def files_digest(paths: Sequence[Path], memo: Path) -> str:
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         entry = known.get(str(path))
         if entry is None or entry[:3] != stamp:
-            entry, changed = [*stamp, _file_sha256(Path(path))], True
+            entry, changed = [*stamp, file_sha256(Path(path))], True
             known[str(path)] = entry
         h.update(f"{path}\0{entry[3]}\n".encode())
     if changed:
@@ -52,14 +54,6 @@ def files_digest(paths: Sequence[Path], memo: Path) -> str:
         tmp.write_text(json.dumps(known))
         os.replace(tmp, memo)
     return h.hexdigest()[:32]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FeatureCache:
@@ -104,7 +98,7 @@ class FeatureCache:
         entry, path = manifest["shards"].get(str(i)), self._shard_path(i)
         if entry is None or not path.is_file() or path.stat().st_size != entry["bytes"]:
             return False
-        return _file_sha256(path) == entry["sha256"]
+        return file_sha256(path) == entry["sha256"]
 
     def missing_shards(self) -> list[int]:
         manifest = self._read_manifest()
@@ -128,7 +122,7 @@ class FeatureCache:
             save_file({"features": feats.detach().to("cpu", torch.float16).contiguous(),
                        "descriptors": desc.detach().to("cpu", torch.float32).contiguous()}, str(tmp))
             os.replace(tmp, path)
-            manifest["shards"][str(i)] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+            manifest["shards"][str(i)] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             self._write_manifest(manifest)
 
     def _open(self) -> list[tuple[mmap.mmap, dict]]:
