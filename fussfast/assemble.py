@@ -20,7 +20,7 @@ from fussfast.fed.client import Client
 from fussfast.fed.loop import Federation
 from fussfast.fed.strategy import Strategy, strategy_from_config
 from fussfast.losses import CorrespondenceConfig, RegionContrast
-from fussfast.model import FrozenBackbone, knn_table
+from fussfast.model import FrozenBackbone, knn_table, resolve_precision
 from fussfast.model.cache import files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
 
@@ -78,6 +78,7 @@ class Setup:
 
     config: Config
     device: torch.device
+    precision: str  # the backbone's, "auto" resolved
     train: dict[str, FeatureSet]  # per site
     shared: FeatureSet  # the shared evaluation set
     evaluation: object  # its dataset (for sample images)
@@ -164,8 +165,9 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
     t0 = time.perf_counter()
     data, model = config.data, config.model
     device = resolve_device(config.device)
+    precision = resolve_precision(model.precision, device)
     torch.manual_seed(config.seed)
-    backbone = FrozenBackbone(model.backbone, weights=model.weights, precision=model.precision).to(device)
+    backbone = FrozenBackbone(model.backbone, weights=model.weights, precision=precision).to(device)
     datasets, evaluation, labelled = make_data(data, config.seed)
     if sites is not None:
         unknown = sorted(set(sites) - set(datasets))
@@ -173,7 +175,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
             raise ConfigError(f"unknown sites {unknown}; the data has {sorted(datasets)}")
         datasets = {name: datasets[name] for name in sites}
     base_key = {"data": config.to_dict()["data"], "seed": config.seed, "backbone": model.backbone,
-                "weights": weights_digest(model.weights, config.seed), "precision": model.precision}
+                "weights": weights_digest(model.weights, config.seed), "precision": precision}
 
     def features(name, ds):
         key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
@@ -188,7 +190,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
             known[classes] = True
             train[name].labelled = known.expand(len(datasets[name]), -1).clone()
     shared = features("eval", evaluation)
-    return Setup(config, device, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
+    return Setup(config, device, precision, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
 
 
 def _progress(desc: str):

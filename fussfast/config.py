@@ -66,7 +66,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = key("vit_small_patch8_224.dino", "frozen DINO ViT (timm name)", choices=BACKBONES)
     weights: str = key("random", "random, timm (downloads), or a local weights file")
-    precision: str = key("fp16", "backbone precision", choices=PRECISIONS)
+    precision: str = key("auto", "backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, "
+                                 "else fp32", choices=("auto", *PRECISIONS))
     code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1, at_most=MAX_CHANNELS)
     embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1,
                           at_most=MAX_CHANNELS)

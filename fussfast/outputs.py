@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from fussfast._info import build_info
@@ -26,12 +27,13 @@ RESUMABLE_CHANGES = ("fed.rounds", "cache_dir")
 
 
 class RunDir:
-    """``path`` of a run of ``config`` on ``device``; ``shared`` is the evaluation set (for the
-    majority-class baseline), ``features_s`` the feature extraction time."""
+    """``path`` of a run of ``config`` on ``device`` with the backbone in ``precision``; ``shared``
+    is the evaluation set (for the majority-class baseline), ``features_s`` the feature
+    extraction time."""
 
     def __init__(self, path: str | Path, config: Config, device: torch.device, shared: FeatureSet,
-                 features_s: float, started: float | None = None):
-        self.path, self.config, self.device = Path(path), config, device
+                 features_s: float, started: float | None = None, *, precision: str | None = None):
+        self.path, self.config, self.device, self.precision = Path(path), config, device, precision
         with _writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
         self.baseline = majority_baseline(shared, config.data.num_classes)
@@ -70,6 +72,7 @@ class RunDir:
             "versions": {"fussfast": build_info()["version"], "torch": torch.__version__,
                          "python": platform.python_version()},
             "device": str(self.device),
+            "precision": self.precision,
             "baseline": {"majority": self.baseline},
             "rounds": rounds,
             "completed_rounds": len(rounds),
@@ -109,11 +112,13 @@ class RunDir:
 
 @contextlib.contextmanager
 def _writing(path: Path):
-    """An OSError while writing ``path`` (full disk, read-only directory) names the path."""
+    """A failed write of ``path`` (full disk, read-only directory) is an OSError naming the path."""
     try:
         yield
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    except SafetensorError as e:  # safetensors reports its I/O errors as its own type
+        raise OSError(f"cannot write {path}: {e}") from e
 
 
 def check_resumable(config: Config, path: str | Path) -> None:

@@ -92,3 +92,14 @@ def test_knn_positives():
     assert all(p in table[i, :2].tolist() for i, p in enumerate(pos.tolist()))
     with pytest.raises(ValueError, match="at least 2 images"):
         knn_table(desc[:1])
+
+
+def test_auto_precision_follows_the_device(monkeypatch):
+    from fussfast.model import resolve_precision
+
+    assert resolve_precision("fp16", "cpu") == "fp16" and resolve_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", "cpu") == "fp32"  # never fp16 on a CPU: torch has no fast kernels

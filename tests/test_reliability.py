@@ -347,3 +347,42 @@ def test_a_local_run_whose_model_goes_non_finite_stops_with_the_reason(tmp_path,
     config = load_config(None, TINY + ["fed.strategy=\"local\"", f"cache_dir=\"{tmp_path / 'c'}\""])
     with pytest.raises(RuntimeError, match="site0: its training loss is nan"):
         run(config, tmp_path / "out")
+
+
+def test_a_write_that_dies_midway_keeps_the_previous_checkpoint(finished, tmp_path, monkeypatch):
+    import fussfast.fed.checkpoint as checkpoint_module
+
+    config, out, checkpoint = broken(finished, tmp_path)
+    before = (checkpoint / "state.json").read_text()
+    real = checkpoint_module.save_file
+
+    def dies(tensors, path):
+        real(dict(list(tensors.items())[:2]), path)  # part of the file is on disk, then the process is gone
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "save_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, resume=True)
+    assert (checkpoint / "state.json").read_text() == before
+    monkeypatch.setattr(checkpoint_module, "save_file", real)
+    assert [r["round"] for r in run(config, out, resume=True)["rounds"]] == [1, 2]
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+from fussfast.__main__ import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # below one checkpoint
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(finished, tmp_path):
+    config, out, checkpoint = broken(finished, tmp_path)
+    before = (checkpoint / "state.json").read_text()
+    args = ["run", "--resume", str(out)] + [a for s in TINY + ["fed.rounds=2", f"cache_dir=\"{config.cache_dir}\""]
+                                            for a in ("--set", s)]
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"cannot write {checkpoint}" in result.stderr
+    assert (checkpoint / "state.json").read_text() == before

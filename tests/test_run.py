@@ -33,6 +33,7 @@ def test_centralized_beats_majority_and_writes_metrics(centralized):
     # nothing while leaving room for float differences across machines
     assert saved["final"]["global"]["miou"] > saved["baseline"]["majority"]["miou"] + 15
     assert saved["versions"]["fussfast"] and saved["config"]["fed"]["strategy"] == "centralized"
+    assert saved["precision"] == "fp32"  # the backbone's precision, as resolved
 
 
 def test_loss_decreases(centralized):

@@ -90,7 +90,7 @@ def main(grid: Grid, context: Context) -> None:
     if resume:
         check_resumable(config, out_dir)
     setup = prepare(config, sites=[])  # the server holds only the shared evaluation set
-    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started)
+    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision)
     global_model = setup.new_model()
     current, history = global_model.arrays(), []
     if resume:

@@ -17,6 +17,18 @@ BACKBONES = (
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"auto"``: fp16 on CUDA; on a CPU bf16 where it has native bf16 arithmetic (AVX512_BF16 or
+    AMX), else fp32 (torch has no fast fp16 CPU kernels: fp16 is the slowest choice there)."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "fp16"
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native_bf16 else "fp32"
+
+
 class FrozenBackbone(nn.Module):
     """A DINO ViT from timm, frozen (``eval()``, no gradients) and cast to ``precision``.
 

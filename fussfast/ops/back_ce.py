@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -50,12 +52,12 @@ class _BackCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, present, ignore_index):
         x = bnd.kernel_input(bnd.upcast(logits))  # the kernels take float32/float64 only
-        B, K = x.shape[:2]
+        B, K, P = x.shape[0], x.shape[1], math.prod(x.shape[2:])  # explicit sizes: B = 0 has no -1
         loss = torch.empty(labels.shape, dtype=x.dtype, device=x.device)
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
-        _C.back_ce_forward(x.view(B, K, -1), bnd.kernel_input(labels).view(B, -1),
-                           present.to(torch.int32).contiguous(), int(ignore_index), loss.view(B, -1),
-                           None if grad is None else grad.view(B, K, -1), bnd.stream_handle(x.device))
+        _C.back_ce_forward(x.view(B, K, P), bnd.kernel_input(labels).view(B, P),
+                           present.to(torch.int32).contiguous(), int(ignore_index), loss.view(B, P),
+                           None if grad is None else grad.view(B, K, P), bnd.stream_handle(x.device))
         ctx.save_for_backward(grad)
         ctx.dtype = logits.dtype
         return loss.to(logits.dtype)

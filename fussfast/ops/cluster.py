@@ -50,7 +50,7 @@ def cluster_assign(
     probs = torch.empty(B, c.shape[0], H * W, dtype=z.dtype, device=codes.device)
     totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs)  # alpha < 0: hard
     per_image = (-totals / (H * W)).to(codes.dtype)
-    probs = probs.view(B, -1, H, W).to(codes.dtype)
+    probs = probs.view(B, c.shape[0], H, W).to(codes.dtype)
     if reduction == "mean":
         return per_image.mean(), probs
     if reduction == "sum":
