@@ -4,5 +4,5 @@ from fussfast.model.backbone import BACKBONES, PRECISIONS, FrozenBackbone, load_
 from fussfast.model.head import KNN_WIDTH, SegmentationHead, SupervisedHead, draw_positives, knn_table
 from fussfast.model.probe import ClusterProbe
 
-__all__ = ["BACKBONES", "KNN_WIDTH", "PRECISIONS", "resolve_precision", "ClusterProbe", "FrozenBackbone", "SegmentationHead", "SupervisedHead", "draw_positives",
-           "knn_table", "load_weights"]
+__all__ = ["BACKBONES", "KNN_WIDTH", "PRECISIONS", "ClusterProbe", "FrozenBackbone", "SegmentationHead",
+           "SupervisedHead", "draw_positives", "knn_table", "load_weights", "resolve_precision"]
