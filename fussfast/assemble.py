@@ -148,7 +148,7 @@ class Setup:
                               shared=self.shared, num_classes=self.config.data.num_classes, rounds=fed.rounds,
                               generator=torch.Generator().manual_seed(self.config.seed), min_clients=fed.min_clients,
                               clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round,
-                              limits=self.limits())
+                              limits=self.limits(), eval_every=fed.eval_every)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

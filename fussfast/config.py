@@ -102,6 +102,8 @@ class TrainConfig:
 class FedConfig:
     strategy: str = key("centralized", "how the server combines the sites (table above)", choices=FED_STRATEGIES)
     rounds: int = key(3, "federated rounds", at_least=1, at_most=MAX_COUNT)
+    eval_every: int = key(1, "score the models every N-th round, and always the last (0: the last only)",
+                          at_least=0, at_most=MAX_COUNT)
     clients_per_round: int = key(0, "sites sampled each round (0: use fed.fraction)", at_least=0)
     fraction: float = key(1.0, "share of the sites sampled each round (at least one)", above=0, at_most=1)
     weighted: bool = key(True, "average weighted by each site's sample count")

@@ -76,7 +76,7 @@ class RunDir:
             "baseline": {"majority": self.baseline},
             "rounds": rounds,
             "completed_rounds": len(rounds),
-            "final": {"global": rounds[-1]["global"], "clients": rounds[-1]["clients"]} if rounds else None,
+            "final": _final(rounds),
             "timings": {"features_s": self.features_s, "total_s": time.perf_counter() - self.started},
         }
         with _writing(self.path / "metrics.json"):
@@ -119,6 +119,12 @@ def _writing(path: Path):
         raise OSError(f"cannot write {path}: {e.strerror or e}") from e
     except SafetensorError as e:  # safetensors reports its I/O errors as its own type
         raise OSError(f"cannot write {path}: {e}") from e
+
+
+def _final(rounds: list[dict]) -> dict | None:
+    """The scores of the last scored round (the last round always is, unless a run was cut)."""
+    scored = [r for r in rounds if "global" in r]
+    return {"global": scored[-1]["global"], "clients": scored[-1]["clients"]} if scored else None
 
 
 def check_resumable(config: Config, path: str | Path) -> None:

@@ -49,6 +49,8 @@ def _load(run_dir: Path) -> dict:
     missing = [k for k in ("config", "rounds", "final", "baseline") if k not in metrics]
     if missing or not isinstance(metrics.get("config"), dict):
         raise ValueError(f"{path}: not the metrics of a fussfast run (missing {missing or ['config']})")
+    if metrics["final"] is None:
+        raise ValueError(f"{path}: the run has no scored round yet")
     out = {"metrics": metrics, "samples": None}
     if (run_dir / "samples.safetensors").is_file():
         out["samples"] = load_file(str(run_dir / "samples.safetensors"))
@@ -74,13 +76,13 @@ def _setup(m: dict) -> str:
 
 
 def _final_table(runs: dict) -> str:
-    sites = list(next(iter(runs.values()))["metrics"]["rounds"][-1]["clients"])
+    sites = list(next(iter(runs.values()))["metrics"]["final"]["clients"])
     head = "".join(f"<th>{html.escape(s)} mIoU</th>" for s in sites)
     rows = [f"<tr><th>strategy</th><th>global mIoU</th><th>global acc</th>{head}<th>MB sent</th>"
             f"<th>wall s</th></tr>"]
     for label, r in runs.items():
         m = r["metrics"]
-        g, clients = m["rounds"][-1]["global"], m["rounds"][-1]["clients"]
+        g, clients = m["final"]["global"], m["final"]["clients"]
         mb = sum(b["up"] + b["down"] for rd in m["rounds"] for b in rd.get("bytes", {}).values()) / 1e6
         cells = "".join(f"<td>{clients[s]['miou']:.1f}</td>" if s in clients else "<td>-</td>" for s in sites)
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{g['miou']:.1f}</td><td>{g['acc']:.1f}</td>{cells}"
@@ -95,11 +97,11 @@ def _round_charts(runs: dict) -> str:
         out = {}
         for label, r in runs.items():
             rounds = r["metrics"]["rounds"]
-            out[label] = [(rd["clients"][site] if site else rd["global"])[key] for rd in rounds
-                          if site is None or site in rd["clients"]]
-        return out
+            out[label] = [(rd["clients"][site] if site else rd["global"])[key] if "global" in rd and
+                          (site is None or site in rd["clients"]) else float("nan") for rd in rounds]
+        return out  # NaN: a round that was not scored (fed.eval_every), left out of the line
 
-    sites = list(next(iter(runs.values()))["metrics"]["rounds"][-1]["clients"])
+    sites = list(next(iter(runs.values()))["metrics"]["final"]["clients"])
     charts = [line_chart(series("miou"), "global mIoU")]
     charts += [line_chart(series("miou", s), f"{s} mIoU") for s in sites]
     return f"<div class='row'>{''.join(charts)}</div>"

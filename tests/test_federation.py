@@ -206,3 +206,17 @@ def test_demo_end_to_end_writes_report(tmp_path):
     assert main(["report", str(out / "local"), str(out / "fedavg"), "--out", str(tmp_path / "two.html")]) == 0
     assert (tmp_path / "two.html").read_text().count("<svg") == 4 + 2
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
+
+
+def test_eval_every_scores_some_rounds_and_always_the_last(tmp_path):
+    from fussfast.report import write_report
+
+    metrics = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=3", "fed.eval_every=2"), tmp_path / "a")
+    assert ["global" in r for r in metrics["rounds"]] == [False, True, True]
+    assert metrics["final"]["global"] == metrics["rounds"][-1]["global"]
+    assert all("bytes" in r and "loss" in r for r in metrics["rounds"])  # training is recorded every round
+    only_last = run(tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=3", "fed.eval_every=0"), tmp_path / "b")
+    assert ["global" in r for r in only_last["rounds"]] == [False, False, True]
+    assert comparable(only_last)[-1]["loss"] == comparable(metrics)[-1]["loss"]  # scoring changes no training
+    page = write_report({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "r.html").read_text()
+    assert page.count("<svg") == 4 + 2 and "global mIoU" in page  # 4 mIoU charts, 2 heatmaps

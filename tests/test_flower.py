@@ -158,3 +158,9 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
     else:
         assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 2
     print(f"loopback: 2 rounds in {wall:.1f} s")
+
+
+def test_unscored_rounds_send_no_evaluation():
+    s = FussfastStrategy(make_strategy("fedavg"), CURRENT, rounds=5, eval_every=2, offset=2)
+    assert [s.scored(r) for r in (1, 2, 3)] == [False, True, True]  # rounds 3, 4, 5 of the federation
+    assert s.configure_evaluate(1, None, None, None) == []

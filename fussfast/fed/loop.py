@@ -31,7 +31,9 @@ class Federation:
     models on the shared set. ``sites`` maps site names to their data for scoring; a site that is
     not a client (``centralized``) is scored with the only client's model.
 
-    ``limits``: the ``Server``'s bounds on what a site may send. ``after_round(federation)`` runs
+    ``limits``: the ``Server``'s bounds on what a site may send. Rounds are scored every
+    ``eval_every`` rounds and always at the last (``scored_round``); other records carry no
+    ``global``/``clients``. ``after_round(federation)`` runs
     after every round (the run directory checkpoints there);
     ``state()`` holds everything needed to carry on (global arrays, every client's model,
     optimizer and MOON state, the RNG states, the round records) and ``load_state`` restores it,
@@ -41,7 +43,7 @@ class Federation:
     def __init__(self, clients: dict[str, Client], strategy: Strategy, global_model: LocalModel,
                  *, sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
                  generator: torch.Generator, min_clients: int = 1, clients_per_round: int = 0,
-                 fraction: float = 1.0, after_round=None, limits: dict | None = None):
+                 fraction: float = 1.0, after_round=None, limits: dict | None = None, eval_every: int = 1):
         n = len(clients)
         self.per_round = clients_per_round or max(1, math.ceil(fraction * n))
         if self.per_round > n:
@@ -51,6 +53,7 @@ class Federation:
         self.clients, self.strategy, self.global_model = clients, strategy, global_model
         self.sites, self.shared, self.num_classes = sites, shared, num_classes
         self.rounds, self.generator, self.after_round = rounds, generator, after_round
+        self.eval_every = eval_every
         self.server = Server(strategy, global_model.arrays(), min_clients=min_clients, **(limits or {}))
         self.history: list[dict] = []
 
@@ -87,9 +90,13 @@ class Federation:
             except Exception as e:  # a failing site drops out of this round, the run goes on
                 replies[name] = f"{name}: failed with {type(e).__name__}: {e}"
         screened = self.server.round(r, replies, sites=list(self.clients))
-        record = {"round": r, **self.evaluate(), **screened, "seconds": time.perf_counter() - t}
-        print(f"round {r}/{self.rounds}: global mIoU {record['global']['miou']:.1f} "
-              f"acc {record['global']['acc']:.1f}", file=sys.stderr)
+        scores = self.evaluate() if scored_round(r, self.rounds, self.eval_every) else {}
+        record = {"round": r, **scores, **screened, "seconds": time.perf_counter() - t}
+        if scores:
+            print(f"round {r}/{self.rounds}: global mIoU {scores['global']['miou']:.1f} "
+                  f"acc {scores['global']['acc']:.1f}", file=sys.stderr)
+        else:
+            print(f"round {r}/{self.rounds}: trained (scored every {self.eval_every} rounds)", file=sys.stderr)
         return record
 
     def models(self) -> dict[str, LocalModel]:
@@ -145,3 +152,8 @@ class Federation:
         if "rng/cuda" in tensors and self.global_model.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.global_model.device)
         self.history = meta["history"]
+
+
+def scored_round(r: int, rounds: int, every: int) -> bool:
+    """Whether round ``r`` of ``rounds`` is scored when scoring every ``every`` rounds (0: only the last)."""
+    return r == rounds or (every > 0 and r % every == 0)

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fussfast.assemble import prepare
+from fussfast.fed.loop import scored_round
 from fussfast.fed.server import Server, TooFewUpdates
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.flower.common import ROUND_OFFSET, SITE, config_from, to_torch
@@ -30,10 +31,21 @@ class FussfastStrategy(FedAvg):
     before this ServerApp started. The round's record waits in ``pending`` for the evaluation."""
 
     def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
-                 offset: int = 0, limits: dict | None = None, **kwargs):
+                 offset: int = 0, limits: dict | None = None, rounds: int | None = None, eval_every: int = 1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.server = Server(strategy, current, min_clients=min_clients, **(limits or {}))
         self.offset, self.pending = offset, {}
+        self.rounds, self.eval_every = rounds, eval_every
+
+    def scored(self, server_round: int) -> bool:
+        r = self.offset + server_round
+        return self.rounds is None or scored_round(r, self.rounds, self.eval_every)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        if not self.scored(server_round):  # the sites score only the rounds that are scored
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     @property
     def current(self) -> dict[str, torch.Tensor]:
@@ -99,20 +111,23 @@ def main(grid: Grid, context: Context) -> None:
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
     flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
-                              limits=setup.limits(),
+                              limits=setup.limits(), rounds=fed.rounds, eval_every=fed.eval_every,
                               fraction_train=fed.fraction, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
                               min_evaluate_nodes=1, min_available_nodes=fed.min_clients)
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
-        global_model.load_arrays(flower.current)
         pending = dict(flower.pending)
-        record = {"round": pending.pop("round"), "global": global_model.scores(setup.shared, K),
-                  "clients": pending.pop("clients", {}), **pending}
-        history.append(record)
+        record, clients = {"round": pending.pop("round")}, pending.pop("clients", {})
+        if flower.scored(server_round):
+            global_model.load_arrays(flower.current)
+            record.update({"global": global_model.scores(setup.shared, K), "clients": clients})
+        history.append({**record, **pending})
         outputs.save_round({f"global/{k}": v for k, v in flower.current.items()}, {"history": history, "clients": {}},
                            history)
+        if "global" not in record:
+            return None
         return MetricRecord({"miou": record["global"]["miou"], "acc": record["global"]["acc"]})
 
     if len(history) < fed.rounds:
