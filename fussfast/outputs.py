@@ -91,9 +91,8 @@ class RunDir:
         ``samples.safetensors``: the first shared images (uint8), ground truth and the first scored
         model's predictions; unsupervised, clusters are mapped to classes by the Hungarian matching
         (-1: unmatched cluster), with that model's ``centroid_response``."""
-        with _writing(self.path / "model.safetensors"):
-            save_file({f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()},
-                      str(self.path / "model.safetensors"))
+        _save(self.path / "model.safetensors",
+              {f"{name}/{k}": v for name, m in models.items() for k, v in m.arrays().items()})
         model = next(iter(models.values()))
         n = min(num_samples, shared.features.shape[0])
         masks = shared.masks[:n]
@@ -106,8 +105,15 @@ class RunDir:
             assignment = torch.tensor(hungarian_scores(model.confusion(shared, num_classes)).assignment)
             distance, usage = centroid_response(model, shared.features[:64])
             samples.update(pred=assignment[pred], assignment=assignment, centroid_distance=distance, usage=usage)
-        with _writing(self.path / "samples.safetensors"):
-            save_file(samples, str(self.path / "samples.safetensors"))
+        _save(self.path / "samples.safetensors", samples)
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors written to a temporary name and renamed: never a half-written file."""
+    with _writing(path):
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,9 @@ def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fu
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = Path(path)
-    path.write_text(page)
+    tmp = path.with_name(path.name + ".tmp")  # renamed into place: never a half-written page
+    tmp.write_text(page)
+    tmp.replace(path)
     return path
 
 
