@@ -19,7 +19,7 @@ import torch
 
 from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
-from fussfast.ops._boundary import METRICS
+from fussfast.ops._boundary import METRICS, accumulation_dtype
 
 CENTROIDS = "centroids"
 CC_METRICS = METRICS  # FedCC clusters with the ops' metrics
@@ -234,7 +234,8 @@ class FedCC(Strategy):
 
     def combine_centroids(self, centroids, updates):
         K = centroids[0].shape[0]
-        pooled = torch.cat([c.double() for c in centroids])
+        # in the centroids' own precision: float32 kmeans is 2-4x faster than float64 here
+        pooled = torch.cat([c.to(accumulation_dtype(c.dtype)) for c in centroids])
         if self.method == "maximin":
             return pooled[maximin(pooled, K, metric=self.metric, start=0)]
         return kmeans(pooled, K, metric=self.metric, n_init=10, seed=self.seed).centroids
