@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fussfast.assemble import prepare
+from fussfast.fed.checkpoint import expect_like
 from fussfast.fed.loop import scored_round
 from fussfast.fed.server import Server, TooFewUpdates
 from fussfast.fed.strategy import Strategy, Update
@@ -108,6 +109,7 @@ def main(grid: Grid, context: Context) -> None:
     if resume:
         tensors, state = outputs.load_checkpoint()
         current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+        expect_like(current, global_model.arrays(), "the checkpoint's global arrays")
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
     flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
