@@ -134,7 +134,7 @@ class Federation:
         of other names, shapes or dtypes) raises ``CheckpointError`` and changes nothing."""
         if set(meta["clients"]) != set(self.clients):
             raise CheckpointError(f"checkpoint clients {sorted(meta['clients'])} differ from {sorted(self.clients)}")
-        current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+        current = under(tensors, "global/")
         expect_like(current, self.current, "the checkpoint's global arrays")
         for name, c in self.clients.items():
             expect_like(under(tensors, f"client/{name}/model/"), c.model.arrays(), f"client {name}'s arrays")

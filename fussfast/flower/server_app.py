@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fussfast.assemble import prepare
-from fussfast.fed.checkpoint import expect_like
+from fussfast.fed.checkpoint import expect_like, under
 from fussfast.fed.loop import scored_round
 from fussfast.fed.server import Server, TooFewUpdates
 from fussfast.fed.strategy import Strategy, Update
@@ -108,7 +108,7 @@ def main(grid: Grid, context: Context) -> None:
     current, history = global_model.arrays(), []
     if resume:
         tensors, state = outputs.load_checkpoint()
-        current = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+        current = under(tensors, "global/")
         expect_like(current, global_model.arrays(), "the checkpoint's global arrays")
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
