@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tests"))
 import simt_build  # noqa: E402
 
 # The modules whose kernels the "simt" device reroutes to the emulator.
-OP_MODULES = ("back_ce", "cluster", "correlation", "kmeans", "maximin", "region_pool")
+OP_MODULES = ("back_ce", "bilinear_sample", "cluster", "correlation", "kmeans", "maximin", "region_pool")
 
 
 @pytest.fixture(scope="session")

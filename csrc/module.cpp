@@ -24,6 +24,7 @@ namespace nb = nanobind;
 namespace fussfast {
 
 void bind_back_ce(nb::module_& m);
+void bind_bilinear_sample(nb::module_& m);
 void bind_cluster(nb::module_& m);
 void bind_correlation(nb::module_& m);
 void bind_kmeans(nb::module_& m);
@@ -74,6 +75,7 @@ NB_MODULE(FUSSFAST_MODULE_NAME, m) {
 #endif
   m.def("build_info", &fussfast::build_info, "Version, CUDA and OpenMP facts of this build.");
   fussfast::bind_back_ce(m);
+  fussfast::bind_bilinear_sample(m);
   fussfast::bind_cluster(m);
   fussfast::bind_correlation(m);
   fussfast::bind_kmeans(m);

@@ -29,6 +29,18 @@ def _normalize(t: torch.Tensor) -> torch.Tensor:
     return F.normalize(t, dim=1, eps=NORM_EPS)
 
 
+def bilinear_sample(maps, points, index=None):
+    """``[M, P, C]``: ``maps[index[m]]`` (``[N, H, W, C]``, channels-last) read at ``points[m]``
+    (``[M, P, 2]``, ``(x, y)`` in ``[-1, 1]``) by STEGO's ``grid_sample`` (bilinear, border
+    padding, align_corners=True)."""
+    src = maps.permute(0, 3, 1, 2)
+    if index is not None:
+        src = src[index]
+    out = F.grid_sample(src, points[:, :, None, :].to(src.dtype), mode="bilinear", padding_mode="border",
+                        align_corners=True)  # [M, C, P, 1]
+    return out[..., 0].transpose(1, 2)
+
+
 def region_pool(embeddings, labels, num_classes, *, ignore_index=-1, normalize=False):
     """``(means [B, K, D], counts [B, K])``: per image and class, the mean embedding of the pixels
     with that label (0 for an empty region) and their number."""
