@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fussfast.ops import bilinear_sample, bilinear_sample_reference
+from fussfast.ops.bilinear_sample import tap_pixels
 
 
 def random_points(M, P, g, spread=1.3):
@@ -112,3 +113,21 @@ def test_bad_input():
         bilinear_sample(torch.randn(2, 3, 3), torch.zeros(2, 5, 2))
     with pytest.raises(TypeError, match="maps must be one of"):
         bilinear_sample(maps.long(), torch.zeros(2, 5, 2))
+
+
+def test_tap_pixels_are_all_that_is_read(device):
+    """Zeroing every pixel outside tap_pixels leaves the samples unchanged; zeroing one inside
+    changes them."""
+    g = torch.Generator().manual_seed(5)
+    maps = torch.randn(3, 9, 7, 4, generator=g, dtype=torch.float64).to(device)
+    points = random_points(3, 20, g).to(device)
+    pix = tap_pixels(points, 9, 7)
+    used = torch.zeros(3, 63, dtype=torch.bool, device=device).scatter_(1, pix, True)
+    kept = maps * used.view(3, 9, 7, 1)
+    torch.testing.assert_close(bilinear_sample(kept, points), bilinear_sample(maps, points), rtol=0, atol=0)
+    assert not used.all()
+    inner = (points.abs() < 0.9).all(-1).nonzero()[0]  # a point away from the border: 4 taps of weight > 0
+    m, p = int(inner[0]), int(inner[1])
+    hole = maps.clone().view(3, 63, 4)
+    hole[m, pix[m, p]] = 0
+    assert not torch.equal(bilinear_sample(hole.view(3, 9, 7, 4), points)[m, p], bilinear_sample(maps, points)[m, p])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fussfast.ops import correlation_loss
+from fussfast.ops import bilinear_sample, correlation_loss
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,9 @@ class CorrespondenceLoss(nn.Module):
         cfg = self.config
         B = feats.shape[0]
         pts = points if points is not None else self.sample_points(B, feats.device)
+        if self.backend == "fused" and pts.coords1 is not None:
+            stack = [torch.cat(pair).permute(0, 2, 3, 1) for pair in ((feats, feats_pos), (codes, codes_pos))]
+            return self.stacked(*stack, points=pts)
         f1, c1 = _sample(feats, pts.coords1), _sample(codes, pts.coords1)
         f2, c2 = _sample(feats_pos, pts.coords2), _sample(codes_pos, pts.coords2)
         lefts_f, lefts_c = [f1, f1], [c1, c1]
@@ -108,13 +111,37 @@ class CorrespondenceLoss(nn.Module):
             lefts_c.append(c1)
             rights_f.append(_sample(feats[perm], pts.coords2))
             rights_c.append(_sample(codes[perm], pts.coords2))
-        n_neg = len(pts.perms)
+        return self._pairs(torch.cat(lefts_f), torch.cat(rights_f), torch.cat(lefts_c), torch.cat(rights_c),
+                           B, len(pts.perms))
+
+    def stacked(self, feats: torch.Tensor, codes: torch.Tensor, *, points: SamplePoints) -> CorrespondenceOutput:
+        """``forward`` on channels-last maps, sampled by the fused ``bilinear_sample`` (STEGO's
+        grid_sample): ``feats`` ``[2B, H, W, C]`` and ``codes`` ``[2B, H, W, D]`` hold the batch,
+        then its positives. Every right-hand sample (intra, positive, negatives) is one kernel
+        call on the stacked maps with an index, so no map is gathered or permuted."""
+        B = feats.shape[0] // 2
+        S = points.coords1.shape[1]
+        index = torch.cat([torch.arange(2 * B, device=feats.device), *points.perms])
+        where = [points.coords1, points.coords2] + [points.coords2] * len(points.perms)
+        # STEGO samples at coords.permute(0, 2, 1, 3): the same point order
+        where = torch.cat(where).transpose(1, 2).reshape(index.shape[0], S * S, 2)
+        rows = len(index)
+
+        def sample(maps):  # [rows, P, ch] -> [rows, ch, S, S] as the correlation op takes maps
+            return bilinear_sample(maps, where, index).transpose(1, 2).unflatten(2, (S, S))
+
+        rights_f, rights_c = sample(feats.detach()), sample(codes)
+        n = rows // B
+        return self._pairs(rights_f[:B].repeat(n, 1, 1, 1), rights_f, rights_c[:B].repeat(n, 1, 1, 1), rights_c,
+                           B, n - 2)
+
+    def _pairs(self, lefts_f, rights_f, lefts_c, rights_c, B, n_neg) -> CorrespondenceOutput:
+        cfg = self.config
         shift = torch.tensor([cfg.pos_intra_shift, cfg.pos_inter_shift] + [cfg.neg_inter_shift] * n_neg,
-                             dtype=torch.float64, device=feats.device).repeat_interleave(B)
-        per_pair = correlation_loss(
-            torch.cat(lefts_f), torch.cat(rights_f), torch.cat(lefts_c), torch.cat(rights_c), shift,
-            pointwise=cfg.pointwise, zero_clamp=cfg.zero_clamp, stabilize=cfg.stabilize,
-            reduction="none", groups=2 + n_neg, backend=self.backend)
+                             dtype=torch.float64, device=lefts_f.device).repeat_interleave(B)
+        per_pair = correlation_loss(lefts_f, rights_f, lefts_c, rights_c, shift,
+                                    pointwise=cfg.pointwise, zero_clamp=cfg.zero_clamp, stabilize=cfg.stabilize,
+                                    reduction="none", groups=2 + n_neg, backend=self.backend)
         intra, inter = per_pair[:B].mean(), per_pair[B:2 * B].mean()
         neg = per_pair[2 * B:].mean() if n_neg else per_pair.new_zeros(())
         total = cfg.pos_intra_weight * intra + cfg.pos_inter_weight * inter + cfg.neg_inter_weight * neg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,6 +28,23 @@ class SegmentationHead(nn.Module):
         """What MOON and distillation compare between models: the code."""
         return self(feats)
 
+    def channel_mask(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
+        """``[batch, C]``: the ``Dropout2d`` scale per image and channel (0 or 1/(1-p)), drawn
+        from the same random numbers as ``forward`` on a batch of that size; None in eval mode."""
+        return channel_mask(self.dropout, batch, self.lin.in_channels, device)
+
+    def rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` on channels-last pixels ``x`` ``[..., C]`` (float, the head's dtype) as
+        matrix products: the codes ``[..., D]``. ``mask`` (broadcast to x) is the dropout scale."""
+        if mask is not None:
+            x = x * mask
+        # lin and the MLP's first layer read the same pixels: one product, split (not sliced:
+        # the backward is one concatenation, not zero-filled full-size gradients per slice)
+        w = torch.cat([self.lin.weight.flatten(1), self.mlp[0].weight.flatten(1)])
+        lin, hidden = F.linear(x, w, torch.cat([self.lin.bias, self.mlp[0].bias])).split(
+            [self.lin.out_channels, self.mlp[0].out_channels], -1)
+        return F.linear(hidden.relu(), self.mlp[2].weight.flatten(1), self.mlp[2].bias) + lin
+
 
 class SupervisedHead(nn.Module):
     """FedSeg's head on frozen features: ``logits = lin(f) + cls(trunk(f))`` (K classes) and the
@@ -50,6 +68,14 @@ class SupervisedHead(nn.Module):
     def representation(self, feats: torch.Tensor) -> torch.Tensor:
         """What MOON and distillation compare between models: the projection embedding."""
         return self(feats)[1]
+
+
+def channel_mask(dropout: nn.Dropout2d, batch: int, channels: int, device) -> torch.Tensor | None:
+    """Dropout2d's scale per image and channel: the mask it applies to a [batch, channels, H, W]
+    input (its noise has shape [batch, channels, 1, 1], so the draws are the same)."""
+    if not dropout.training or dropout.p == 0:
+        return None
+    return dropout(torch.ones(batch, channels, 1, 1, device=device)).view(batch, channels)
 
 
 KNN_WIDTH = 30  # neighbours kept per image (STEGO's kNN files keep 30)

@@ -35,6 +35,17 @@ def bilinear_sample(maps: torch.Tensor, points: torch.Tensor, index: torch.Tenso
     return _BilinearSample.apply(maps, points.detach().to(acc), index)
 
 
+def tap_pixels(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[M, 4 P]`` int64: the pixels ``y * width + x`` that each row's points read (the 4 taps,
+    the kernel's arithmetic; a tap of weight 0 past the border points at the clipped pixel).
+    A map needs values only there, so a caller may compute just those pixels."""
+    pts = points.to(bnd.accumulation_dtype(points.dtype))
+    ix = ((pts[..., 0] + 1) / 2 * (width - 1)).clamp(0, width - 1).floor().long()
+    iy = ((pts[..., 1] + 1) / 2 * (height - 1)).clamp(0, height - 1).floor().long()
+    ix1, iy1 = (ix + 1).clamp(max=width - 1), (iy + 1).clamp(max=height - 1)
+    return torch.cat([iy * width + ix, iy * width + ix1, iy1 * width + ix, iy1 * width + ix1], 1)
+
+
 class _BilinearSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, maps, points, index):

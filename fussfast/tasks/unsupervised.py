@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fussfast.features import FeatureSet
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
 from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
+from fussfast.ops.bilinear_sample import tap_pixels
 from fussfast.tasks.base import LocalModel, load_head
 
 
@@ -53,14 +54,18 @@ class SiteModel(LocalModel):
         self.head.train()
         losses = []
         n = data.features.shape[0]
+        fused = self.loss.backend == "fused" and self.loss.config.feature_samples is not None
         for _ in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
             pos = draw_positives(table, idx, self.num_neighbors, generator=generator)
-            feats = data.features[idx].to(self.device).float()
-            feats_pos = data.features[pos].to(self.device).float()
-            code, code_pos = self.head(feats), self.head(feats_pos)
-            points = self.loss.sample_points(len(idx), self.device, generator=generator)
-            corr = self.loss(feats, code, feats_pos, code_pos, points=points)
+            if fused:
+                feats, code, corr = self._fused_step(data.features, idx, pos, generator)
+            else:
+                feats = data.features[idx].to(self.device).float()
+                feats_pos = data.features[pos].to(self.device).float()
+                code, code_pos = self.head(feats), self.head(feats_pos)
+                points = self.loss.sample_points(len(idx), self.device, generator=generator)
+                corr = self.loss(feats, code, feats_pos, code_pos, points=points)
             probe_loss, _ = self.probe(code.detach())
             self.head_opt.zero_grad()
             self.probe_opt.zero_grad()
@@ -69,6 +74,28 @@ class SiteModel(LocalModel):
             self.probe_opt.step()
             losses.append(float((corr.total + probe_loss).detach()))
         return losses
+
+    def _fused_step(self, features, idx, pos, generator):
+        """The step's features, codes and loss, channels-last: one gather and conversion of the
+        batch and its positives, the head as matrix products on the batch's pixels and on just
+        the positives' pixels the sampled points read, the sampling fused (bilinear_sample).
+        Same random draws, in the same order, as the NCHW path; returns NCHW views."""
+        B = len(idx)
+        maps = features[torch.cat([idx, pos])].to(self.device)
+        x = torch.empty(maps.shape[0], *maps.shape[2:], maps.shape[1], device=self.device,
+                        dtype=self.head.lin.weight.dtype)
+        x.copy_(maps.permute(0, 2, 3, 1))  # [2B, H, W, C], one pass
+        _, H, W, C = x.shape
+        masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
+        code = self.head.rows(x[:B], None if masks[0] is None else masks[0][:, None, None])
+        points = self.loss.sample_points(B, self.device, generator=generator)
+        used = torch.zeros(B, H * W, dtype=torch.bool, device=self.device)
+        used.scatter_(1, tap_pixels(points.coords2.flatten(1, 2), H, W), True)
+        where = used.view(-1).nonzero()[:, 0]  # the positives' pixels that are read
+        rows = self.head.rows(x[B:].reshape(-1, C)[where], None if masks[1] is None else masks[1][where // (H * W)])
+        code_pos = rows.new_zeros(B * H * W, rows.shape[1]).index_copy(0, where, rows).view(B, H, W, -1)
+        corr = self.loss.stacked(x, torch.cat([code, code_pos]), points=points)
+        return x[:B].permute(0, 3, 1, 2), code.permute(0, 3, 1, 2), corr
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""The tasks' fused local steps (channels-last head, fused sampling) against the reference
+backend's NCHW steps: same random draws, same losses and gradients."""
+
+import pytest
+import torch
+
+from fussfast.features import FeatureSet
+from fussfast.losses import CorrespondenceConfig
+from fussfast.model import SegmentationHead, knn_table
+from fussfast.tasks import SiteModel
+
+C, D, K = 24, 7, 5
+
+
+def site(backend, dtype, side=(13, 11), n=12, **loss):
+    g = torch.Generator().manual_seed(0)
+    data = FeatureSet(torch.randn(n, C, *side, generator=g).half(),
+                      torch.nn.functional.normalize(torch.randn(n, C, generator=g), dim=1),
+                      torch.zeros(n, *side, dtype=torch.int64))
+    torch.manual_seed(1)
+    model = SiteModel(C, D, K, loss=CorrespondenceConfig.preset("cityscapes", **loss), backend=backend)
+    model.head.to(dtype)
+    model.probe.to(dtype)
+    return model, data, knn_table(data.descriptors, 4)
+
+
+def one_step(backend, dtype, **loss):
+    """Loss of one step and the head's gradients before the update (a zero learning rate)."""
+    model, data, table = site(backend, dtype, **loss)
+    for opt in (model.head_opt, model.probe_opt):
+        for group in opt.param_groups:
+            group["lr"] = 0.0
+    torch.manual_seed(2)
+    losses = model.train_steps(data, table, 1, 6, torch.Generator().manual_seed(3))
+    return losses[0], {k: p.grad.clone() for k, p in model.head.named_parameters()}
+
+
+@pytest.mark.parametrize("samples", [11, 4])
+def test_fused_step_matches_reference_float64(samples):
+    loss, grads = one_step("fused", torch.float64, feature_samples=samples)
+    ref_loss, ref_grads = one_step("reference", torch.float64, feature_samples=samples)
+    # the reference samples the (float32) features in float32, the fused step in float64
+    assert loss == pytest.approx(ref_loss, rel=1e-6, abs=1e-8)
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_step_matches_reference_float32():
+    loss, grads = one_step("fused", torch.float32)
+    ref_loss, ref_grads = one_step("reference", torch.float32)
+    assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5)
+
+
+def test_fused_steps_train_like_the_reference():
+    model, data, table = site("fused", torch.float32)
+    ref, _, _ = site("reference", torch.float32)
+    torch.manual_seed(2)
+    losses = model.train_steps(data, table, 4, 6, torch.Generator().manual_seed(3))
+    torch.manual_seed(2)
+    ref_losses = ref.train_steps(data, table, 4, 6, torch.Generator().manual_seed(3))
+    assert losses == pytest.approx(ref_losses, rel=1e-3, abs=1e-4)
+
+
+def test_head_rows_is_forward():
+    head = SegmentationHead(C, D).double().eval()
+    x = torch.randn(3, C, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(head.rows(x.permute(0, 2, 3, 1)), head(x).permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_channel_mask_is_dropout2d():
+    """The mask draws what Dropout2d draws on the full maps."""
+    head = SegmentationHead(C, D).train()
+    x = torch.randn(4, C, 5, 6)
+    torch.manual_seed(7)
+    want = head.dropout(x)
+    torch.manual_seed(7)
+    mask = head.channel_mask(4, "cpu")
+    assert ((mask == 0) | (mask == torch.tensor(1 / 0.9))).all() and (mask == 0).any()
+    torch.testing.assert_close(x * mask[:, :, None, None], want, rtol=0, atol=0)
+    assert head.eval().channel_mask(4, "cpu") is None
