@@ -6,8 +6,8 @@ import torch
 
 from fussfast.features import FeatureSet
 from fussfast.losses import CorrespondenceConfig
-from fussfast.model import SegmentationHead, knn_table
-from fussfast.tasks import SiteModel
+from fussfast.model import SegmentationHead, SupervisedHead, knn_table
+from fussfast.tasks import SiteModel, SupervisedModel
 
 C, D, K = 24, 7, 5
 
@@ -80,3 +80,40 @@ def test_channel_mask_is_dropout2d():
     assert ((mask == 0) | (mask == torch.tensor(1 / 0.9))).all() and (mask == 0).any()
     torch.testing.assert_close(x * mask[:, :, None, None], want, rtol=0, atol=0)
     assert head.eval().channel_mask(4, "cpu") is None
+
+
+def supervised_step(backend, objective="backce+contrast"):
+    """One step's loss and gradients (zero learning rate) of a SupervisedModel in float64."""
+    n, side, classes = 6, (7, 9), 5
+    g = torch.Generator().manual_seed(0)
+    data = FeatureSet(torch.randn(n, C, *side, generator=g).half(), torch.zeros(n, C),
+                      torch.randint(0, classes, (n, 14, 18), generator=g))
+    data.labelled = torch.zeros(n, classes, dtype=torch.bool)
+    data.labelled[:, :2] = True
+    torch.manual_seed(1)
+    model = SupervisedModel(C, classes, embed_dim=16, objective=objective, backend=backend)
+    model.head.double()
+    for group in model.opt.param_groups:
+        group["lr"] = 0.0
+    torch.manual_seed(2)
+    loss = model.train_steps(data, None, 1, 4, torch.Generator().manual_seed(3))[0]
+    return loss, {k: p.grad.clone() for k, p in model.head.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective", ["ce", "backce+contrast"])
+def test_fused_supervised_step_matches_reference_float64(objective):
+    loss, grads = supervised_step("fused", objective)
+    ref_loss, ref_grads = supervised_step("reference", objective)
+    assert loss == pytest.approx(ref_loss, rel=1e-9)
+    assert grads.keys() == ref_grads.keys() and ("proj.0.weight" in grads) == (objective != "ce")
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-7, atol=1e-10)
+
+
+def test_head_trunk_and_embed_rows_are_forward():
+    head = SupervisedHead(C, 5, 16).double().eval()
+    x = torch.randn(3, C, 5, 6, dtype=torch.float64)
+    logits, embed = head(x)
+    rows_logits, h = head.trunk_rows(x.permute(0, 2, 3, 1))
+    torch.testing.assert_close(rows_logits, logits.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head.embed_rows(h), embed.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)

@@ -57,6 +57,7 @@ class Client:
                     total = total + self.distill_weight * code_distill(code, target, self.distill)
             return total
 
+        extra.needs_code = reference is not None  # the step may skip codes no loss reads
         losses = self.model.train_steps(self.data, self.table, self.local_steps, self.batch_size, generator,
                                         extra=extra)
         if strategy.code_terms:

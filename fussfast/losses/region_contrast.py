@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fussfast.ops import region_pool
+from fussfast.ops.bilinear_sample import channels_last
 
 
 @dataclass
@@ -79,13 +80,24 @@ class RegionContrast:
         head.eval()
         device = next(head.parameters()).device
         regions, counts, maps = [], [], []
+        sparse = self.backend == "fused" and hasattr(head, "trunk_rows")
         for b in range(0, features.shape[0], batch_size):  # batches bound the memory, not a loop over images
-            logits, embed = head(features[b:b + batch_size].to(device))
+            if sparse:  # channels-last, embeddings only where a label reaches region_pool
+                logits, h = head.trunk_rows(channels_last(features[b:b + batch_size], device,
+                                                          head.lin.weight.dtype))
+                logits = logits.permute(0, 3, 1, 2)
+            else:
+                logits, embed = head(features[b:b + batch_size].to(device))
             lab = labels_at(labels[b:b + batch_size].to(device), logits.shape[-2:])
             confidence, pseudo = logits.softmax(1).max(1)
             known = labelled[b:b + batch_size].to(device)
             absent = ~known.gather(1, pseudo.flatten(1)).view_as(pseudo)
             lab = torch.where((lab < 0) & (confidence >= self.threshold) & absent, pseudo, lab)
+            if sparse:
+                where = (lab >= 0).view(-1).nonzero()[:, 0]
+                rows = head.embed_rows(h.reshape(-1, h.shape[-1])[where])
+                embed = rows.new_zeros(h.shape[:-1].numel(), rows.shape[1]).index_copy_(0, where, rows)
+                embed = embed.view(*h.shape[:-1], -1).permute(0, 3, 1, 2)
             means, n = region_pool(embed, lab, self.num_classes, ignore_index=-1, normalize=True,
                                    backend=self.backend)
             regions.append(means)
@@ -97,21 +109,28 @@ class RegionContrast:
     def __call__(self, embed: torch.Tensor, labels: torch.Tensor, memory: RegionMemory,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """``embed`` [B, D, h, w] (the local model's); ``labels`` [B, h, w] (``memory.labels`` of the batch)."""
-        D = embed.shape[1]
-        z = F.normalize(embed, dim=1).permute(0, 2, 3, 1).reshape(-1, D)
-        y = labels.reshape(-1).to(z.device)
+        flat = embed.permute(0, 2, 3, 1).reshape(-1, embed.shape[1])
+        return self.at_pixels(lambda rows: flat[rows], labels, memory, generator)
+
+    def at_pixels(self, embed_at, labels: torch.Tensor, memory: RegionMemory,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """``__call__`` with the embeddings given by ``embed_at(rows)`` ``[R, D]`` for pixel
+        indices into the flat ``[B, h, w]`` labels: called once, for the anchors used only."""
+        device = memory.regions.device
+        y = labels.reshape(-1).to(device)
         anchors = balanced_anchors(y, self.max_anchors, generator)
-        regions = memory.regions[memory.present].to(z)
-        region_class = memory.present.nonzero()[:, 1].to(z.device)
+        regions = memory.regions[memory.present]
+        region_class = memory.present.nonzero()[:, 1].to(device)
         if regions.shape[0] > self.max_regions:
-            keep = torch.randperm(regions.shape[0], generator=generator)[:self.max_regions].to(z.device)
+            keep = torch.randperm(regions.shape[0], generator=generator)[:self.max_regions].to(device)
             regions, region_class = regions[keep], region_class[keep]
         y_a = y[anchors]
         positive = y_a[:, None] == region_class[None]
         usable = positive.any(1) & (~positive).any(1)
         if not bool(usable.any()):
-            return z.sum() * 0  # keeps the graph: no anchor has both positives and negatives
-        positive, s = positive[usable], z[anchors[usable]] @ regions.T / self.tau
+            return embed_at(anchors[:0]).sum() * 0  # keeps the graph: no anchor has both positives and negatives
+        z = F.normalize(embed_at(anchors[usable]), dim=1)
+        positive, s = positive[usable], z @ regions.to(z).T / self.tau
         negatives = torch.logsumexp(s.masked_fill(positive, float("-inf")), dim=1, keepdim=True)
         per_pair = torch.logaddexp(s, negatives) - s
         per_anchor = (per_pair * positive).sum(1) / positive.sum(1)

@@ -31,7 +31,7 @@ class SegmentationHead(nn.Module):
     def channel_mask(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
         """``[batch, C]``: the ``Dropout2d`` scale per image and channel (0 or 1/(1-p)), drawn
         from the same random numbers as ``forward`` on a batch of that size; None in eval mode."""
-        return channel_mask(self.dropout, batch, self.lin.in_channels, device)
+        return channel_mask(self.dropout, batch, self.lin.weight, device)
 
     def rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` on channels-last pixels ``x`` ``[..., C]`` (float, the head's dtype) as
@@ -69,13 +69,35 @@ class SupervisedHead(nn.Module):
         """What MOON and distillation compare between models: the projection embedding."""
         return self(feats)[1]
 
+    def channel_mask(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
+        """``[batch, C]``: the ``Dropout2d`` scale, as ``SegmentationHead.channel_mask``."""
+        return channel_mask(self.dropout, batch, self.lin.weight, device)
 
-def channel_mask(dropout: nn.Dropout2d, batch: int, channels: int, device) -> torch.Tensor | None:
-    """Dropout2d's scale per image and channel: the mask it applies to a [batch, channels, H, W]
-    input (its noise has shape [batch, channels, 1, 1], so the draws are the same)."""
+    def trunk_rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` on channels-last pixels ``x`` ``[..., C]`` as matrix products, up to the
+        trunk: ``(logits [..., K], h [..., C])``; ``embed_rows(h)`` gives the embeddings of any
+        rows of h, so they need computing only where used. ``mask``: the dropout scale."""
+        if mask is not None:
+            x = x * mask
+        w = torch.cat([self.lin.weight.flatten(1), self.trunk[0].weight.flatten(1)])  # both read f
+        lin, hidden = F.linear(x, w, torch.cat([self.lin.bias, self.trunk[0].bias])).split(
+            [self.lin.out_channels, self.trunk[0].out_channels], -1)
+        h = hidden.relu()
+        return F.linear(h, self.cls.weight.flatten(1), self.cls.bias) + lin, h
+
+    def embed_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The projection embeddings ``[..., E]`` of trunk rows ``h`` ``[..., C]``."""
+        p0, p2 = self.proj[0], self.proj[2]
+        return F.linear(F.linear(h, p0.weight.flatten(1), p0.bias).relu(), p2.weight.flatten(1), p2.bias)
+
+
+def channel_mask(dropout: nn.Dropout2d, batch: int, weight: torch.Tensor, device) -> torch.Tensor | None:
+    """Dropout2d's scale per image and input channel of ``weight``: the mask it applies to a
+    [batch, C, H, W] input of weight's dtype (its noise is [batch, C, 1, 1]: the same draws)."""
     if not dropout.training or dropout.p == 0:
         return None
-    return dropout(torch.ones(batch, channels, 1, 1, device=device)).view(batch, channels)
+    channels = weight.shape[1]
+    return dropout(torch.ones(batch, channels, 1, 1, device=device, dtype=weight.dtype)).view(batch, channels)
 
 
 KNN_WIDTH = 30  # neighbours kept per image (STEGO's kNN files keep 30)

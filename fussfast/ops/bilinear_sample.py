@@ -35,6 +35,13 @@ def bilinear_sample(maps: torch.Tensor, points: torch.Tensor, index: torch.Tenso
     return _BilinearSample.apply(maps, points.detach().to(acc), index)
 
 
+def channels_last(maps: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, C, H, W]`` maps as ``[B, H, W, C]`` in ``dtype`` on ``device``, the layout the op reads: one
+    converting copy (not two, as ``.to(dtype).permute(...).contiguous()`` would make)."""
+    out = torch.empty(maps.shape[0], *maps.shape[2:], maps.shape[1], device=device, dtype=dtype)
+    return out.copy_(maps.to(device).permute(0, 2, 3, 1))
+
+
 def tap_pixels(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[M, 4 P]`` int64: the pixels ``y * width + x`` that each row's points read (the 4 taps,
     the kernel's arithmetic; a tap of weight 0 past the border points at the clipped pixel).

@@ -10,6 +10,7 @@ from fussfast.features import FeatureSet
 from fussfast.losses import RegionContrast
 from fussfast.model import SupervisedHead
 from fussfast.ops import back_ce
+from fussfast.ops.bilinear_sample import channels_last
 from fussfast.tasks.base import LocalModel, load_head
 
 OBJECTIVES = ("ce", "backce", "backce+contrast")
@@ -66,15 +67,31 @@ class SupervisedModel(LocalModel):
         self.head.train()
         losses = []
         n = data.features.shape[0]
+        # fused: channels-last products, and the embeddings only at the contrast's anchors
+        # unless a client term reads them (extra.needs_code, set by fed.Client)
+        sparse = self.backend == "fused" and (extra is None or not getattr(extra, "needs_code", True))
         for _ in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
-            feats = data.features[idx].to(self.device).float()
             target = labels[idx].to(self.device)
-            logits, embed = self.head(feats)
+            if sparse:
+                x = channels_last(data.features[idx], self.device, self.head.lin.weight.dtype)
+                mask = self.head.channel_mask(len(idx), self.device)
+                logits, h = self.head.trunk_rows(x, None if mask is None else mask[:, None, None])
+                logits = logits.permute(0, 3, 1, 2).contiguous()  # NCHW before the upsampling
+                feats, embed = x.permute(0, 3, 1, 2), None
+            else:
+                feats = data.features[idx].to(self.device).float()
+                logits, embed = self.head(feats)
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = back_ce(logits, target, labelled[idx].to(self.device), ignore_index=-1, backend=self.backend)
             if memory is not None:
-                loss = loss + self.contrast(embed, memory.labels[idx.to(memory.labels.device)], memory, generator)
+                batch_labels = memory.labels[idx.to(memory.labels.device)]
+                if sparse:
+                    rows = h.reshape(-1, h.shape[-1])
+                    loss = loss + self.contrast.at_pixels(lambda r: self.head.embed_rows(rows[r]), batch_labels,
+                                                          memory, generator)
+                else:
+                    loss = loss + self.contrast(embed, batch_labels, memory, generator)
             self.opt.zero_grad()
             (loss + (extra(self.head, feats, embed) if extra else 0)).backward()
             self.opt.step()

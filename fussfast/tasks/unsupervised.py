@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fussfast.features import FeatureSet
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
 from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
-from fussfast.ops.bilinear_sample import tap_pixels
+from fussfast.ops.bilinear_sample import channels_last, tap_pixels
 from fussfast.tasks.base import LocalModel, load_head
 
 
@@ -81,10 +81,7 @@ class SiteModel(LocalModel):
         the positives' pixels the sampled points read, the sampling fused (bilinear_sample).
         Same random draws, in the same order, as the NCHW path; returns NCHW views."""
         B = len(idx)
-        maps = features[torch.cat([idx, pos])].to(self.device)
-        x = torch.empty(maps.shape[0], *maps.shape[2:], maps.shape[1], device=self.device,
-                        dtype=self.head.lin.weight.dtype)
-        x.copy_(maps.permute(0, 2, 3, 1))  # [2B, H, W, C], one pass
+        x = channels_last(features[torch.cat([idx, pos])], self.device, self.head.lin.weight.dtype)  # [2B, H, W, C]
         _, H, W, C = x.shape
         masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
         code = self.head.rows(x[:B], None if masks[0] is None else masks[0][:, None, None])
