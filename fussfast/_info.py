@@ -22,7 +22,8 @@ def build_info() -> dict[str, Any]:
     architecture list, e.g. ``["80-real", "90-real", "90-virtual"]``), ``cuda_runtime_version``
     (the CUDA runtime the kernels were built against, or None), ``openmp`` and ``num_threads``
     (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it), and ``cpu_isa``
-    (``"avx2"`` or ``"baseline"``: the matrix-product kernel this CPU runs), and
+    (``"avx512"``, ``"avx2"`` or ``"generic"``: the build of the CPU kernels that runs, the best
+    this CPU has unless ``FUSSFAST_CPU_ISA`` says otherwise), and
     ``cuda_verification``: what has run the CUDA kernels of this source tree and matched the
     references (the SIMT emulator in CI; a GPU, naming it, once one has).
     """

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::cluster {
@@ -57,7 +58,13 @@ struct Outputs {
   const Tensor* grad_c = nullptr;
 };
 
-void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out);
+)
+inline void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out) {
+  FF_CPU_CALL(forward_cpu(z, c, alpha, out));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void forward_cuda(const Tensor& z, const Tensor& c, double alpha, const Outputs& out,
                   uintptr_t stream);

@@ -10,6 +10,7 @@
 #include "cluster.h"
 
 namespace fussfast::cluster {
+FF_ISA_BEGIN
 namespace {
 
 constexpr int64_t kTileP = 256;
@@ -81,4 +82,5 @@ void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& 
   FF_DISPATCH_ACC(z.dtype, "cluster_assign", [&] { forward_impl<scalar_t>(z, c, scalar_t(alpha), out); });
 }
 
+FF_ISA_END
 }  // namespace fussfast::cluster

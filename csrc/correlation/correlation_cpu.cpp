@@ -13,6 +13,7 @@
 #include "correlation.h"
 
 namespace fussfast::correlation {
+FF_ISA_BEGIN
 namespace {
 
 constexpr int64_t kTileP = 128, kTileQ = 128;
@@ -152,4 +153,5 @@ void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Ten
   });
 }
 
+FF_ISA_END
 }  // namespace fussfast::correlation

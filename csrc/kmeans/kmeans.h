@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::kmeans {
@@ -40,8 +41,15 @@ FF_HD A distance(A dot, A xx, A cc, bool cosine) {
   return d > A(0) ? d : A(0);
 }
 
-Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
-                  const Tensor& centroids, const Tensor& labels);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt, const Tensor& centroids,
+    const Tensor& labels);
+)
+inline Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
+    const Tensor& centroids, const Tensor& labels) {
+  FF_CPU_CALL(kmeans_cpu(points, weights, opt, centroids, labels));
+}
 #ifdef FUSSFAST_WITH_CUDA
 Result kmeans_cuda(const Tensor& points, const Tensor* weights, const Options& opt,
                    const Tensor& centroids, const Tensor& labels, uintptr_t stream);

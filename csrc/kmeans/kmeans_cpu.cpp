@@ -14,6 +14,7 @@
 #include "kmeans.h"
 
 namespace fussfast::kmeans {
+FF_ISA_BEGIN
 namespace {
 
 constexpr int64_t kChunk = 1024;
@@ -256,4 +257,5 @@ Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& op
   return r;
 }
 
+FF_ISA_END
 }  // namespace fussfast::kmeans
