@@ -55,6 +55,7 @@ nb::dict build_info() {
   info["cuda_runtime_version"] = nb::none();
 #endif
   info["cpu_isa"] = cpu::isa_name(cpu::active_isa());
+  info["cpu_bf16"] = cpu::active_isa() == cpu::Isa::avx512 ? cpu::bf16_name(cpu::active_bf16()) : "widen";
 #ifdef _OPENMP
   info["openmp"] = true;
   info["num_threads"] = omp_get_max_threads();
@@ -86,6 +87,16 @@ NB_MODULE(FUSSFAST_MODULE_NAME, m) {
   m.def("cpu_isas", &fussfast::cpu_isas, "The instruction sets this module has builds for and this CPU runs, best first.");
   m.def("set_cpu_isa", [](const std::string& name) { fussfast::cpu::set_isa(name.c_str()); }, nb::arg("name"),
         "Runs the CPU kernels with this instruction set from now on (avx512, avx2 or generic).");
+  m.def("cpu_bf16", [] { return std::string(fussfast::cpu::bf16_name(fussfast::cpu::active_bf16())); },
+        "How the avx512 build multiplies bfloat16: amx, avx512bf16 or widen (FUSSFAST_CPU_BF16 overrides).");
+  m.def("cpu_bf16_methods", [] {
+        std::vector<std::string> out;
+        for (auto m : {fussfast::cpu::Bf16::amx, fussfast::cpu::Bf16::avx512bf16, fussfast::cpu::Bf16::widen})
+          if (fussfast::cpu::bf16_supported(m)) out.push_back(fussfast::cpu::bf16_name(m));
+        return out;
+      }, "The bfloat16 methods this CPU runs, best first.");
+  m.def("set_cpu_bf16", [](const std::string& name) { fussfast::cpu::set_bf16(name.c_str()); }, nb::arg("name"),
+        "Multiplies bfloat16 with this method from now on (amx, avx512bf16 or widen).");
   fussfast::bind_back_ce(m);
   fussfast::bind_cluster(m);
   fussfast::bind_correlation(m);

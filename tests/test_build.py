@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_build_info_fields():
     info = fussfast.build_info()
     assert set(info) == {"version", "cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp",
-                         "num_threads", "cpu_isa", "cuda_verification"}
+                         "num_threads", "cpu_isa", "cpu_bf16", "cuda_verification"}
     assert "every kernel" in info["cuda_verification"]["simt_emulator"]
     assert info["version"] == importlib.metadata.version("fussfast") == fussfast.__version__
     assert isinstance(info["cuda_compiled"], bool) and isinstance(info["openmp"], bool)
@@ -59,6 +59,10 @@ def test_cpu_isa_choice_and_override():
             assert _C.cpu_isa() == isa == fussfast.build_info()["cpu_isa"]
     finally:
         _C.set_cpu_isa(previous)
+    methods = _C.cpu_bf16_methods()
+    assert methods[-1] == "widen" and _C.cpu_bf16() in methods
+    with pytest.raises(ValueError, match="unknown bfloat16 method"):
+        _C.set_cpu_bf16("fp8")
     with pytest.raises(ValueError, match="unknown CPU ISA 'sse9'"):
         _C.set_cpu_isa("sse9")
     assert _C.cpu_isa() == previous  # a refused choice changes nothing

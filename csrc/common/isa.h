@@ -10,8 +10,8 @@
 //
 //   generic: the compiler's baseline (SSE2 on x86-64, NEON on aarch64); always built
 //   avx2:    AVX2 + FMA + F16C
-//   avx512:  AVX-512 F/BW/VL/DQ (+ AVX2/FMA); bf16 dot products (AVX512_BF16) are a separate
-//            run-time check inside it, has_avx512_bf16()
+//   avx512:  AVX-512 F/BW/VL/DQ (+ AVX2/FMA); bfloat16 products use AMX tiles or AVX512_BF16
+//            where the CPU has them, chosen at run time inside it (active_bf16() below)
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,15 @@ const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);  // built into this module and runnable on this CPU
 Isa active_isa();             // the chosen build: FUSSFAST_CPU_ISA if set, else the best supported
 void set_isa(const char* name);  // throws std::invalid_argument for an unknown or unsupported name
-bool has_avx512_bf16();          // the CPU has vdpbf16ps (only consulted by the avx512 build)
+
+// How the avx512 build multiplies bfloat16 operands: AMX tiles, vdpbf16ps, or widened to float
+// (the other builds always widen). The best the CPU has unless FUSSFAST_CPU_BF16 or set_bf16()
+// says otherwise; tests use it to check each method the machine can run.
+enum class Bf16 : int { widen = 0, avx512bf16 = 1, amx = 2 };
+const char* bf16_name(Bf16 method);
+bool bf16_supported(Bf16 method);
+Bf16 active_bf16();
+void set_bf16(const char* name);  // throws std::invalid_argument
 
 }  // namespace fussfast::cpu
 
