@@ -82,6 +82,11 @@ NB_MODULE(FUSSFAST_MODULE_NAME, m) {
   simt::bind_controls(m);
 #endif
   m.def("build_info", &fussfast::build_info, "Version, CUDA and OpenMP facts of this build.");
+#ifdef FUSSFAST_SIMT
+  m.attr("cpu_tensors_run_cpu_kernels") = false;  // the emulated CUDA kernels take CPU tensors
+#else
+  m.attr("cpu_tensors_run_cpu_kernels") = true;
+#endif
   m.def("cpu_isa", [] { return std::string(fussfast::cpu::isa_name(fussfast::cpu::active_isa())); },
         "The instruction set the CPU kernels run: FUSSFAST_CPU_ISA if set, else the best this CPU has.");
   m.def("cpu_isas", &fussfast::cpu_isas, "The instruction sets this module has builds for and this CPU runs, best first.");

@@ -176,9 +176,17 @@ void pack_amx_b(const bfloat16_t* x, int64_t N, int64_t K, int64_t s_n, int64_t 
   out.assign(panels * KB * 1024, 0);
   for (int64_t pn = 0; pn < panels; ++pn) {
     const int64_t n0 = pn * 32, w = std::min<int64_t>(32, N - n0);
-    for (int64_t k = 0; k < K; ++k) {
-      uint16_t* dst = out.data() + (pn * KB + k / 32) * 1024 + (k % 32) / 2 * 64 + (k & 1);
-      for (int64_t j = 0; j < w; ++j) dst[j * 2] = x[(n0 + j) * s_n + k * s_k].bits;
+    for (int64_t k = 0; k < K; k += 2) {
+      uint16_t* dst = out.data() + (pn * KB + k / 32) * 1024 + (k % 32) / 2 * 64;
+      const bfloat16_t *row0 = x + n0 * s_n + k * s_k, *row1 = row0 + s_k;
+      if (s_n == 1 && w == 32 && k + 1 < K) {  // interleave two contiguous rows (vectorizes)
+        for (int j = 0; j < 32; ++j) dst[2 * j] = row0[j].bits, dst[2 * j + 1] = row1[j].bits;
+      } else {
+        for (int64_t j = 0; j < w; ++j) {
+          dst[2 * j] = row0[j * s_n].bits;
+          if (k + 1 < K) dst[2 * j + 1] = row1[j * s_n].bits;
+        }
+      }
     }
   }
 }
@@ -200,8 +208,8 @@ FF_AMX_TARGET void amx_start() {
 
 FF_AMX_TARGET void amx_stop() { _tile_release(); }
 
-// out[32][32] = the 32 x 32 block of A B for one A panel and one B panel.
-FF_AMX_TARGET void micro_kernel_amx(int64_t KB, const uint16_t* pa, const uint16_t* pb, float* out) {
+// out[32][32] (row stride ld floats) = the 32 x 32 block of A B for one A panel and one B panel.
+FF_AMX_TARGET void micro_kernel_amx(int64_t KB, const uint16_t* pa, const uint16_t* pb, float* out, int64_t ld) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -217,10 +225,11 @@ FF_AMX_TARGET void micro_kernel_amx(int64_t KB, const uint16_t* pa, const uint16
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
-  _tile_stored(0, out, 128);
-  _tile_stored(1, out + 16, 128);
-  _tile_stored(2, out + 16 * 32, 128);
-  _tile_stored(3, out + 16 * 32 + 16, 128);
+  const int64_t stride = ld * int64_t(sizeof(float));
+  _tile_stored(0, out, stride);
+  _tile_stored(1, out + 16, stride);
+  _tile_stored(2, out + 16 * ld, stride);
+  _tile_stored(3, out + 16 * ld + 16, stride);
 }
 #endif
 
@@ -289,8 +298,14 @@ void gemm(const Packed& a, const Packed& b, int64_t n0, int64_t N, float* c, int
     amx_start();
     for (int64_t i = 0; i * kAmxBlock < a.rows; ++i)
       for (int64_t j = 0; j * kAmxBlock < N; ++j) {
-        micro_kernel_amx(KB, a.bf16.data() + i * KB * 1024, b.bf16.data() + (j0 + j) * KB * 1024, block);
-        store_block(g, block, kAmxBlock, kAmxBlock, kAmxBlock, i * kAmxBlock, j * kAmxBlock, c);
+        const uint16_t *pa = a.bf16.data() + i * KB * 1024, *pb = b.bf16.data() + (j0 + j) * KB * 1024;
+        const bool inside = (i + 1) * kAmxBlock <= a.rows && (j + 1) * kAmxBlock <= N;
+        if (inside && !accumulate) {  // straight into C
+          micro_kernel_amx(KB, pa, pb, c + i * kAmxBlock * ldc + j * kAmxBlock, ldc);
+        } else {
+          micro_kernel_amx(KB, pa, pb, block, kAmxBlock);
+          store_block(g, block, kAmxBlock, kAmxBlock, kAmxBlock, i * kAmxBlock, j * kAmxBlock, c);
+        }
       }
     amx_stop();
     return;

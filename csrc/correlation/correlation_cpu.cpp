@@ -22,6 +22,20 @@ namespace {
 // panels of a pair can be sliced at q0.
 constexpr int64_t kTileP = 128, kTileQ = cpu::kGemmColumnAlign;
 
+// sum_i x[i] w[i] in double, in 8 interleaved partial sums (so it vectorizes) added in order.
+template <class T, class A>
+double weighted_sum(const T* x, const A* w, int64_t n) {
+  constexpr int kParts = 8;
+  double part[kParts] = {};
+  int64_t i = 0;
+  for (; i + kParts <= n; i += kParts)
+    for (int j = 0; j < kParts; ++j) part[j] += double(load(x + i + j)) * double(w[i + j]);
+  double s = 0;
+  for (int j = 0; j < kParts; ++j) s += part[j];
+  for (; i < n; ++i) s += double(load(x + i)) * double(w[i]);
+  return s;
+}
+
 // T: the features' storage type; A: the accumulation type, which codes, statistics and
 // gradients use (16-bit features are read as they are, never widened in memory).
 template <class T, class A>
@@ -53,11 +67,8 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
     std::fill(off1, off1 + P, A(0));
     if (pointwise) {
       for (int64_t c = 0; c < C; ++c) {
-        double s1 = 0, s2 = 0;
-        for (int64_t p = 0; p < P; ++p) s1 += double(load(f1 + c * P + p)) * inv1[p];
-        for (int64_t q = 0; q < Q; ++q) s2 += double(load(f2 + c * Q + q)) * inv2[q];
-        m1[c] = A(s1 / P);
-        m2[c] = A(s2 / Q);
+        m1[c] = A(weighted_sum(f1 + c * P, inv1, P) / P);
+        m2[c] = A(weighted_sum(f2 + c * Q, inv2, Q) / Q);
         mean += double(m1[c]) * m2[c];
       }
       for (int64_t c = 0; c < C; ++c)
@@ -130,7 +141,7 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
 #pragma omp parallel num_threads(threads)
   errors.guard([&] {
     const int t = worker_id();
-    std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ);
+    std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ), column_loss(kTileQ);
     Products<T, A> products{C, D, P, Q};
     for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
       const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;
@@ -145,14 +156,17 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
         const int64_t tq = std::min(kTileQ, Q - q0);
         const A* inv2b = inv2 + b * Q + q0;
         products.run(f1b, z1b, f2b, z2b, tp, q0, tq, F.data(), S.data());
-        A tile_loss = 0;
-        for (int64_t p = 0; p < tp; ++p)
+        // per-column partial losses: the loop vectorizes (no reduction across lanes), and the
+        // columns are then added in a fixed order
+        std::fill(column_loss.begin(), column_loss.end(), A(0));
+        for (int64_t p = 0; p < tp; ++p) {
+          const A scale = inv1b[p], off = off1b[p];
           for (int64_t q = 0; q < tq; ++q) {
             const int64_t i = p * kTileQ + q;
-            const A f = inv1b[p] * inv2b[q] * F[i] - off1b[p];
-            W[i] = pair_term(f, S[i], bias[b], lo, hi, tile_loss);
+            W[i] = pair_term(scale * inv2b[q] * F[i] - off, S[i], bias[b], lo, hi, column_loss[q]);
           }
-        loss_sum += tile_loss;
+        }
+        for (int64_t q = 0; q < tq; ++q) loss_sum += column_loss[q];
         if (!grads) continue;
         // grad_z1[d][p0 + p] += sum_q z2[d][q0 + q] W[p][q]
         cpu::gemm({D, tp, tq, Q, 1, 1, kTileQ, P, true}, z2b + q0, W.data(), gz1 + b * D * P + p0);

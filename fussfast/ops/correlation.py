@@ -87,7 +87,8 @@ def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
 def _feature_input(feats, dtype, acc):
     """The CPU kernel reads 16-bit features as they are beside float32 codes (half the memory
     traffic; bfloat16 products on vdpbf16ps where the CPU has it); otherwise the codes' dtype."""
-    if feats.device.type == "cpu" and acc == torch.float32 and feats.dtype in (torch.float16, torch.bfloat16):
+    cpu_kernel = feats.device.type == "cpu" and _C.cpu_tensors_run_cpu_kernels
+    if cpu_kernel and acc == torch.float32 and feats.dtype in (torch.float16, torch.bfloat16):
         return feats
     return feats.to(dtype)
 
