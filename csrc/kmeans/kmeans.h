@@ -40,6 +40,10 @@ FF_HD A distance(A dot, A xx, A cc, bool cosine) {
   return d > A(0) ? d : A(0);
 }
 
+// tol is absolute in Options; the binding scales it by this (CPU points), which also raises
+// on NaN or Inf: the finite check and the variance in one pass.
+double mean_variance_cpu(const Tensor& points);
+
 Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
                   const Tensor& centroids, const Tensor& labels);
 #ifdef FUSSFAST_WITH_CUDA
