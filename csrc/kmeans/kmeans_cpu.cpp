@@ -48,10 +48,11 @@ void plan_chunks(int64_t M, int64_t k, int64_t D, int64_t& chunk, int64_t& chunk
   chunks = (M + chunk - 1) / chunk;
 }
 
+// f(c) for c < chunks; in parallel only for work (multiply-adds) worth a fork and join
 template <class F>
-void for_chunks(int64_t chunks, F f) {
+void for_chunks(int64_t chunks, F f, int64_t work = INT64_MAX) {
   ParallelErrors errors;
-#pragma omp parallel for schedule(static) if (chunks > 1)
+#pragma omp parallel for schedule(static) if (chunks > 1 && work >= (int64_t(1) << 20))
   for (int64_t c = 0; c < chunks; ++c) errors.guard([&] { f(c); });
   errors.rethrow();
 }
@@ -124,7 +125,7 @@ void lloyd_pass(const Data<A>& data, const Panel<A>& p, int64_t* labels, A* dist
       }
     }
     part[c] = s, moved[c] = n;
-  });
+  }, data.M * k * D);
   inertia = std::accumulate(part.begin(), part.end(), 0.0);
   changed = std::accumulate(moved.begin(), moved.end(), int64_t(0));
 }
@@ -148,7 +149,7 @@ void update(const Data<A>& data, int64_t k, const A* sums, const double* wsums, 
     } else {
       empty[j] = 1;
     }
-  });
+  }, chunks * k * D);
   const int64_t n_empty = std::count(empty.begin(), empty.end(), 1);
   if (n_empty > 0) {
     std::vector<int64_t> far(M);
@@ -221,7 +222,7 @@ void kmeans_plus_plus(const Data<A>& data, int64_t k, Random& rng, A* C) {
         }
       }
       std::copy(pot.begin(), pot.end(), part.begin() + c * n);
-    });
+    }, M * n * D);
     pending = -1;
     int64_t best = 0;
     double best_pot = INFINITY;
@@ -264,7 +265,7 @@ Result run(const Tensor& points, const Tensor* weights, const Options& opt, cons
       s += data.weight(i);
     }
     data.wchunk[c] = s;
-  });
+  }, M * D);
 
   std::vector<A> C(k * D), C_new(k * D), dist(M), sums(data.chunks * k * D);
   std::vector<double> wsums(data.chunks * k);
