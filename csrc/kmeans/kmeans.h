@@ -9,7 +9,8 @@
 // Distances: Euclidean = squared distance |x - c|^2; cosine = 1 - x.c (centroids re-normalized
 // after each update). tol is absolute here (scaled by the data variance, as scikit-learn does:
 // by the binding for CPU points, by the wrapper on CUDA); a run stops when the total squared
-// centroid shift is <= tol, or when no label changes. A cluster left empty is re-seeded with the point farthest from its centroid.
+// centroid shift is <= tol, or when no label changes. A cluster left empty is re-seeded with
+// the point farthest from its centroid.
 // Deterministic for a seed: every sum is taken in a fixed order, whatever the thread count.
 #pragma once
 
