@@ -1,5 +1,5 @@
 """Round time and peak memory as a federation grows: sites (3, 30, 152) and images per site
-(8, 32, 128), FedSeg's class-erased split on the built-in data at a small image size, 5 sites
+(8, 32, 128, at 10 sites), FedSeg's class-erased split on the built-in data at a small image size, 5 sites
 sampled per round, in one process (``fussfast run``) and on Flower's simulation engine
 (``fussfast flower-sim``, Ray).
 
@@ -97,15 +97,22 @@ def one(engine: str, sites: int, images: int, rounds: int, cache: Path, work: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 and 30 sites, 8 and 32 images: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="3 and 10 sites, 8 and 32 images: a smoke run")
     parser.add_argument("--engines", default="inprocess,flower")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", help="feature cache (default: a temporary directory)")
+    parser.add_argument("--cases", help="SITESxIMAGES,... (default: the sweep); rows of other cases already in "
+                                        "the results file are kept")
     args = parser.parse_args()
-    site_counts, image_counts = ((3, 30), (8, 32)) if args.quick else ((3, 30, 152), (8, 32, 128))
-    cases = [(s, 8) for s in site_counts] + [(30, i) for i in image_counts if i != 8]
+    site_counts, image_counts = ((3, 10), (8, 32)) if args.quick else ((3, 10, 30, 152), (8, 32, 128))
+    cases = [(s, 8) for s in site_counts] + [(10, i) for i in image_counts if i != 8]
+    if args.cases:
+        cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
     engines = args.engines.split(",")
-    rows = []
+    path = ROOT / "bench" / "results" / f"{cpu_name()}_scale.json"
+    path.parent.mkdir(exist_ok=True)
+    old = json.loads(path.read_text())["rows"] if args.cases and path.is_file() else []
+    rows = [r for r in old if (r["sites"], r["images_per_site"]) not in cases or r["engine"] not in engines]
     with tempfile.TemporaryDirectory(prefix="fussfast-scale-") as tmp:
         cache, work = Path(args.cache or Path(tmp) / "cache"), Path(tmp)
         for sites, images in cases:
@@ -113,6 +120,7 @@ def main() -> None:
             for engine in engines:
                 row = one(engine, sites, images, args.rounds, cache, work)
                 rows.append(row)
+                path.write_text(json.dumps({"cpu": cpu_name(), "threads": 2, "config": BASE, "rows": rows}, indent=1))
                 print(f"{engine:>9} sites {sites:>4} images/site {images:>4}: round {row['round_s']:.2f} s, "
                       f"peak RSS {row['peak_rss_mb']:.0f} MiB, wall {row['wall_s']:.1f} s", flush=True)
     print("\n| engine | sites | images/site | sampled | round (s) | peak RSS (MiB) | run (s) |")
@@ -120,10 +128,6 @@ def main() -> None:
     for r in rows:
         print(f"| {r['engine']} | {r['sites']} | {r['images_per_site']} | {r['sampled_per_round']} | "
               f"{r['round_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['wall_s']:.1f} |")
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    path = results / f"{cpu_name()}_scale.json"
-    path.write_text(json.dumps({"cpu": cpu_name(), "threads": 2, "config": BASE, "rows": rows}, indent=1))
     print(f"\nwrote {path}")
 
 

@@ -80,12 +80,12 @@ def test_folder_data(tmp_path):
     # the feature cache follows the images' contents, not their names
     from fussfast.assemble import prepare
 
-    before = prepare(config).train["a"].features.clone()
+    before = prepare(config).train["a"].get().features.clone()
     shards = set((tmp_path / "c").iterdir())
-    assert prepare(config).train["a"].features.equal(before) and set((tmp_path / "c").iterdir()) == shards
+    assert prepare(config).train["a"].get().features.equal(before) and set((tmp_path / "c").iterdir()) == shards
     image = tmp_path / "data" / "clients" / "a" / "images" / "0.png"
     Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # same name, same size
-    after = prepare(config).train["a"].features
+    after = prepare(config).train["a"].get().features
     assert not after[0].equal(before[0]) and after[1:].equal(before[1:])
 
 
