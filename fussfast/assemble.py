@@ -100,7 +100,7 @@ class Setup:
     config: Config
     device: torch.device
     precision: str  # the backbone's, "auto" resolved
-    train: dict[str, FeatureSet]  # per site
+    train: dict[str, LazyFeatureSet]  # per site, read when first used
     shared: FeatureSet  # the shared evaluation set
     evaluation: object  # its dataset (for sample images)
     feature_dim: int
