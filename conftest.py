@@ -23,10 +23,23 @@ def simt_kernels():
     return simt_build.load("kernels")
 
 
-@pytest.fixture(params=["cpu", "cuda", "simt"])
+@pytest.fixture(params=["cpu", "cpu-avx2", "cpu-generic", "cuda", "simt"])
 def device(request):
-    """Every kernel test runs on the CPU, under the SIMT emulator of the CUDA kernels (CPU
-    tensors, CUDA code), and, where a GPU and the CUDA kernels exist, on CUDA."""
+    """Every kernel test runs on the CPU (with the best instruction set this CPU has, then with
+    each lower one it can run: cpu-avx2, cpu-generic), under the SIMT emulator of the CUDA kernels
+    (CPU tensors, CUDA code), and, where a GPU and the CUDA kernels exist, on CUDA."""
+    if request.param.startswith("cpu-"):
+        isa = request.param.removeprefix("cpu-")
+        if request.node.path.parent.name == "bench":
+            pytest.skip("benchmarks run the CPU's own instruction set (FUSSFAST_CPU_ISA forces another)")
+        if isa not in fussfast._C.cpu_isas():
+            pytest.skip(f"this CPU or build has no {isa} path")
+        if isa == fussfast._C.cpu_isa():
+            pytest.skip(f"{isa} is this CPU's default path, covered by the cpu case")
+        previous = fussfast._C.cpu_isa()
+        fussfast._C.set_cpu_isa(isa)
+        request.addfinalizer(lambda: fussfast._C.set_cpu_isa(previous))
+        return torch.device("cpu")
     if request.param == "cuda" and not fussfast.cuda_available():
         pytest.skip("needs a CUDA device and a CUDA build of fussfast")
     if request.param == "simt":

@@ -1,4 +1,6 @@
-"""region_pool: the fused kernel against the two ways people write it in plain PyTorch.
+"""region_pool: the fused kernel against the ways people write it in plain PyTorch
+(`scatter_add_`, torch_scatter's method; a one-hot einsum), the pure-torch reference (eager,
+index_add), torch.compile of the reference, and torch_scatter itself where it is installed.
 
 Time:   pytest bench/bench_region_pool.py --benchmark-enable --benchmark-json=out.json
 Report: python bench/report.py out.json bench/results/<name>
@@ -10,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _common import cuda_peak_mb, record, sync_for
-from fussfast.ops import region_pool
+from _common import compiled, cuda_peak_mb, record, sync_for, warm_up
+from fussfast.ops import region_pool, region_pool_reference
 
 B = 8
 IGNORE = -1
@@ -37,10 +39,21 @@ def one_hot_pool(emb, labels, K):
     return sums / counts.clamp(min=1)[..., None], counts
 
 
+def torch_scatter_pool(emb, labels, K):
+    """torch_scatter.scatter_mean, the library peer (an optional install: skipped when absent)."""
+    scatter_mean = pytest.importorskip("torch_scatter", reason="torch_scatter is not installed").scatter_mean
+    lab = labels.flatten(1)
+    idx = torch.where(lab == IGNORE, K, lab)[:, None, :].expand(-1, emb.shape[1], -1)
+    return scatter_mean(emb.flatten(2), idx, dim=2, dim_size=K + 1)[:, :, :K].transpose(1, 2), None
+
+
 METHODS = {
     "fused": lambda e, l, K: region_pool(e, l, K),
+    "eager": region_pool_reference,
+    "compile": None,  # torch.compile of the reference, made per case
     "scatter_add": scatter_add_pool,
     "one_hot_einsum": one_hot_pool,
+    "torch_scatter": torch_scatter_pool,
 }
 
 
@@ -66,7 +79,8 @@ def bench_region_pool(benchmark, device, HW, D, K, method, mode):
     emb = torch.randn(B, D, H, W, generator=g).to(device).requires_grad_(mode == "forward_backward")
     labels = segmentation_labels(H, W, K, device)
     grad = torch.randn(B, K, D, generator=g).to(device)
-    fn, sync = METHODS[method], sync_for(device)
+    fn = compiled(region_pool_reference, benchmark) if method == "compile" else METHODS[method]
+    sync = sync_for(device)
 
     def run():
         means, _ = fn(emb, labels, K)
@@ -75,6 +89,7 @@ def bench_region_pool(benchmark, device, HW, D, K, method, mode):
         sync()
         return means
 
+    warm_up(run, method, benchmark)
     # Same answer as the fused op, so a timing never comes from a wrong result.
     want = region_pool(emb.detach().double(), labels, K)[0].float()
     torch.testing.assert_close(run().detach(), want, rtol=1e-4, atol=1e-5)

@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="write an HTML report comparing finished runs")
     report.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
     report.add_argument("--out", default="report.html", help="output file (default: report.html)")
+    sim = sub.add_parser("flower-sim", help="run a config on Flower's simulation engine, one virtual SuperNode per "
+                                            "site (needs fussfast[simulation]); writes DIR/metrics.json")
+    sim.add_argument("config", nargs="?", help="TOML file (default: the built-in synthetic setup)")
+    sim.add_argument("--out", default="runs/flower-sim", help="output directory (default: runs/flower-sim)")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sim.add_argument("--supernodes", type=int, default=0, help="virtual SuperNodes (default: one per site)")
+    sim.add_argument("--cpus-per-site", type=float, default=1.0, help="Ray CPUs per ClientApp (default: 1)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -47,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "flower-sim":
+            from fussfast.flower.simulation import simulate
+
+            n = simulate(args.config, args.set, args.out, supernodes=args.supernodes, cpus_per_site=args.cpus_per_site)
+            print(f"{n} virtual sites; metrics in {args.out}/metrics.json")
         if args.command == "config":
             from fussfast.config import keys_markdown, load_config, to_toml
 

@@ -22,7 +22,10 @@ def build_info() -> dict[str, Any]:
     architecture list, e.g. ``["80-real", "90-real", "90-virtual"]``), ``cuda_runtime_version``
     (the CUDA runtime the kernels were built against, or None), ``openmp`` and ``num_threads``
     (OpenMP threads the CPU kernels use; set ``OMP_NUM_THREADS`` to change it), and ``cpu_isa``
-    (``"avx2"`` or ``"baseline"``: the matrix-product kernel this CPU runs), and
+    (``"avx512"``, ``"avx2"`` or ``"generic"``: the build of the CPU kernels that runs, the best
+    this CPU has unless ``FUSSFAST_CPU_ISA`` says otherwise), ``cpu_bf16`` (how bfloat16 operands
+    are multiplied: ``"amx"`` tiles, ``"avx512bf16"`` or ``"widen"`` to float32; ``FUSSFAST_CPU_BF16``
+    overrides), and
     ``cuda_verification``: what has run the CUDA kernels of this source tree and matched the
     references (the SIMT emulator in CI; a GPU, naming it, once one has).
     """
@@ -42,7 +45,7 @@ def runtime_report() -> str:
 
     info = build_info()
     lines = [f"fussfast {info['version']}"]
-    for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads", "cpu_isa"):
+    for key in ("cuda_compiled", "cuda_archs", "cuda_runtime_version", "openmp", "num_threads", "cpu_isa", "cpu_bf16"):
         lines.append(f"  {key}: {info[key]}")
     checked = info["cuda_verification"]
     lines.append(f"  CUDA kernels verified under the SIMT emulator: {checked['simt_emulator']}")

@@ -3,9 +3,12 @@ models → clients → strategy → federation. ``fussfast run`` and the Flower 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
+import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +18,21 @@ from fussfast.config import Config, ConfigError, DataConfig
 from fussfast.data import synthetic_federation
 from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, class_erased_split, cocostuff27,
                                     dirichlet_split, erased_site_classes, folder_federation)
-from fussfast.features import FeatureSet, extract, weights_digest
+from fussfast.features import FeatureSet, LazyFeatureSet, extract, on_disk, weights_digest
 from fussfast.fed.client import Client
 from fussfast.fed.loop import Federation
 from fussfast.fed.strategy import Strategy, strategy_from_config
 from fussfast.losses import CorrespondenceConfig, RegionContrast
 from fussfast.model import FrozenBackbone, knn_table, resolve_precision
-from fussfast.model.cache import files_digest
+from fussfast.model.cache import cached_json, files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
 
 
-def make_data(data: DataConfig, seed: int):
+def make_data(data: DataConfig, seed: int, cache_dir: str | Path | None = None):
     """The sites' training datasets, the shared evaluation set, and the classes each site
-    annotates (None: all; only class-erased splits erase labels)."""
+    annotates (None: all; only class-erased splits erase labels). Splits that read every training
+    mask (class-erased Cityscapes, COCO-Stuff's Dirichlet split) keep what they read in
+    ``cache_dir`` (``mask_facts``)."""
     size, eval_size, five = data.image_size, data.eval_size, data.crop == "five"
     K, erased = data.num_classes, data.split == "class-erased"
     labelled = erased_site_classes(data.sites, K, data.classes_per_site) if erased else None
@@ -46,14 +51,15 @@ def make_data(data: DataConfig, seed: int):
         evaluation = cityscapes27(data.root, "val", eval_size, num_classes=K)
         if erased:
             train = cityscapes27(data.root, "train", size, five_crop=five, num_classes=K)
-            image_classes = [train.classes(i) for i in range(0, len(train), train.crops)]
-            sites = _image_sites(train, class_erased_split(image_classes, labelled, seed))
+            image_classes = mask_facts(train, cache_dir, "classes",
+                                       lambda: [sorted(train.classes(i)) for i in range(0, len(train), train.crops)])
+            sites = _image_sites(train, class_erased_split([set(c) for c in image_classes], labelled, seed))
         else:
             sites = cityscapes_sites(data.root, data.split, size, five, num_classes=K)
     else:
         full = cocostuff27(data.root, "train", size)
-        masks = (full[i][1] for i in range(len(full)))
-        dominant = np.array([int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in masks])
+        dominant = np.array(mask_facts(full, cache_dir, f"dominant@{size}", lambda: [
+            int(torch.bincount(m[m >= 0], minlength=27).argmax()) for m in (full[i][1] for i in range(len(full)))]))
         parts = dirichlet_split(dominant, data.sites, data.alpha or 1e6, seed)
         sites = {k: v for k, v in _image_sites(cocostuff27(data.root, "train", size, five), parts).items() if len(v)}
         evaluation = cocostuff27(data.root, "val", eval_size)
@@ -63,6 +69,21 @@ def make_data(data: DataConfig, seed: int):
             raise ConfigError(f"class-erased split: no image contains the classes of {empty}")
         labelled = dict(zip(sites, labelled))
     return sites, evaluation, labelled
+
+
+def mask_facts(images, cache_dir: str | Path | None, what: str, compute):
+    """``compute()``, a per-image list read from the masks of ``images`` (an ``ImageList``), cached
+    in ``cache_dir`` under the masks' contents, the label map and ``what``: a warm run decodes no
+    mask, and a changed mask file (same name or not) recomputes it."""
+    if cache_dir is None:
+        return compute()
+    present = [m for m in images.masks if m is not None]
+    label_map = images.label_map
+    key = {"facts": what, "num_classes": images.num_classes,
+           "label_map": None if label_map is None else hashlib.sha256(label_map.tobytes()).hexdigest(),
+           "missing": [i for i, m in enumerate(images.masks) if m is None],
+           "masks": files_digest(present, Path(cache_dir) / "file-digests.json")}
+    return cached_json(cache_dir, key, compute)
 
 
 def _image_sites(train, parts) -> dict:
@@ -79,7 +100,7 @@ class Setup:
     config: Config
     device: torch.device
     precision: str  # the backbone's, "auto" resolved
-    train: dict[str, FeatureSet]  # per site
+    train: dict[str, LazyFeatureSet]  # per site, read when first used
     shared: FeatureSet  # the shared evaluation set
     evaluation: object  # its dataset (for sample images)
     feature_dim: int
@@ -99,6 +120,13 @@ class Setup:
                          num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
                          backend=t.backend, device=self.device)
 
+    def site_model(self, name: str) -> LocalModel:
+        """Site ``name``'s initial model, seeded by the config's seed and the name: the same
+        whenever (and in whichever process) it is built."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(zlib.crc32(f"{self.config.seed}/{name}".encode()))
+            return self.new_model()
+
     def clients(self) -> dict[str, Client]:
         """One client per site, or for ``centralized`` one holding every site's data (kNN
         positives are still found within each site)."""
@@ -107,13 +135,12 @@ class Setup:
                        distill=fed.distill)
         if not self.config.supervised:
             for name, d in self.train.items():  # positives are drawn among a site's own images
-                if self.config.loss.num_neighbors > d.features.shape[0] - 1:
+                if self.config.loss.num_neighbors > len(d) - 1:
                     raise ConfigError(f"config key 'loss.num_neighbors' = {self.config.loss.num_neighbors}, but site "
-                                      f"{name!r} has {d.features.shape[0]} images, so at most "
-                                      f"{d.features.shape[0] - 1} neighbours")
-        if fed.strategy != "centralized":
-            return {name: Client(name, d, self.new_model(), **options) for name, d in self.train.items()}
-        data = list(self.train.values())
+                                      f"{name!r} has {len(d)} images, so at most {len(d) - 1} neighbours")
+        if fed.strategy != "centralized":  # models and features are made when a site is first used
+            return {name: Client(name, d, partial(self.site_model, name), **options) for name, d in self.train.items()}
+        data = [d.get() for d in self.train.values()]
         pooled = FeatureSet(*(torch.cat([getattr(d, k) for d in data]) for k in ("features", "descriptors", "masks")))
         if data[0].labelled is not None:  # class-erased: every site's images keep their site's classes
             pooled.labelled = torch.cat([d.labelled for d in data])
@@ -142,7 +169,7 @@ class Setup:
         """The in-process federation over every site, seeded by the config."""
         fed = self.config.fed
         clients = self.clients()
-        global_model = self.new_model()  # after the clients': the order of the random initializations
+        global_model = self.new_model()  # from the config's seed (prepare)
         try:
             return Federation(clients, self.strategy(global_model.arrays()), global_model, sites=self.train,
                               shared=self.shared, num_classes=self.config.data.num_classes, rounds=fed.rounds,
@@ -160,15 +187,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(config: Config, sites: list[str] | None = None) -> Setup:
-    """Builds the backbone and extracts (or reads from the cache) the features of the shared
-    set and of every site, or only of ``sites``."""
+    """Extracts (or finds in the cache) the features of the shared set and of every site, or only
+    of ``sites``. The shared set is read now; a site whose cache is complete on disk is a
+    ``LazyFeatureSet``, read when a round or a score first needs it. The backbone is built only
+    if something must be extracted."""
     t0 = time.perf_counter()
     data, model = config.data, config.model
     device = resolve_device(config.device)
     precision = resolve_precision(model.precision, device)
+    built = []
+
+    def backbone() -> FrozenBackbone:
+        if not built:  # seeded on its own: the models' initializations do not depend on whether it was built
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(config.seed)
+                built.append(FrozenBackbone(model.backbone, weights=model.weights, precision=precision).to(device))
+        return built[0]
+
     torch.manual_seed(config.seed)
-    backbone = FrozenBackbone(model.backbone, weights=model.weights, precision=precision).to(device)
-    datasets, evaluation, labelled = make_data(data, config.seed)
+    datasets, evaluation, labelled = make_data(data, config.seed, config.cache_dir)
     if sites is not None:
         unknown = sorted(set(sites) - set(datasets))
         if unknown:
@@ -177,20 +214,29 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
     base_key = {"data": config.to_dict()["data"], "seed": config.seed, "backbone": model.backbone,
                 "weights": weights_digest(model.weights, config.seed), "precision": precision}
 
-    def features(name, ds):
+    def features(name, ds, lazy=True):
         key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
         if hasattr(ds, "files"):  # images on disk: the cache follows their contents, not their names
             key["files"] = files_digest(ds.files(), Path(config.cache_dir) / "file-digests.json")
-        return extract(backbone, ds, key, config.cache_dir, device, flip=True, progress=_progress(f"features {name}"))
+
+        def read():
+            return extract(backbone, ds, key, config.cache_dir, device, flip=True,
+                           progress=_progress(f"features {name}"))
+        if not lazy:
+            return read()
+        if not on_disk(ds, key, config.cache_dir, flip=True):
+            read()  # extract now; the set is read again when used
+        return LazyFeatureSet(len(ds), read)
 
     train = {name: features(name, ds) for name, ds in datasets.items()}
     for name, classes in (labelled or {}).items():
         if name in train:  # the site annotates only ``classes``
             known = torch.zeros(data.num_classes, dtype=torch.bool)
             known[classes] = True
-            train[name].labelled = known.expand(len(datasets[name]), -1).clone()
-    shared = features("eval", evaluation)
-    return Setup(config, device, precision, train, shared, evaluation, backbone.dim, time.perf_counter() - t0)
+            train[name].labelled = known.expand(len(datasets[name]), -1)
+    shared = features("eval", evaluation, lazy=False)
+    return Setup(config, device, precision, train, shared, evaluation, shared.features.shape[1],
+                 time.perf_counter() - t0)
 
 
 def _progress(desc: str):

@@ -1,9 +1,11 @@
-"""Backbone features of a dataset, extracted once and cached on disk (``FeatureSet``, ``extract``)."""
+"""Backbone features of a dataset, extracted once and cached on disk (``FeatureSet``, ``extract``),
+and read lazily for federations of many sites (``LazyFeatureSet``, ``on_disk``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,6 +32,39 @@ class FeatureSet:
         index = torch.where(self.masks < 0, num_classes, self.masks).flatten(1)
         return torch.where(known.gather(1, index).view_as(self.masks), self.masks, -1)
 
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def get(self) -> "FeatureSet":  # the interface of ``LazyFeatureSet``: already in memory
+        return self
+
+    def release(self) -> None:
+        pass
+
+
+class LazyFeatureSet:
+    """A dataset's ``FeatureSet`` read by ``load()`` when first used (``get()``) and dropped by
+    ``release()``, so that a federation of many sites maps only the sites in use. ``labelled``
+    (the site's annotated classes) is small and stays; ``loads`` counts the reads."""
+
+    def __init__(self, num_images: int, load: Callable[[], FeatureSet]):
+        self.num_images, self._load, self._data = num_images, load, None
+        self.labelled: torch.Tensor | None = None
+        self.loads = 0
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def get(self) -> FeatureSet:
+        if self._data is None:
+            self._data = self._load()
+            self._data.labelled = self.labelled
+            self.loads += 1
+        return self._data
+
+    def release(self) -> None:
+        self._data = None
+
 
 def weights_digest(weights: str, seed: int) -> str:
     if weights == "random":
@@ -39,25 +74,37 @@ def weights_digest(weights: str, seed: int) -> str:
     return file_sha256(weights)[:16]
 
 
-def extract(backbone: FrozenBackbone, dataset, key: dict, cache_dir: str | Path, device: torch.device,
-            *, flip: bool = False, batch_size: int = 32, progress=None) -> FeatureSet:
-    """Features of every image of ``dataset`` (items ``(image, mask)``), cached on disk."""
+def _caches(dataset, key: dict, cache_dir: str | Path, flip: bool) -> list[FeatureCache]:
+    return [FeatureCache(cache_dir, {**key, "flip": f}, len(dataset)) for f in ((False, True) if flip else (False,))]
+
+
+def on_disk(dataset, key: dict, cache_dir: str | Path, *, flip: bool = False) -> bool:
+    """Whether ``extract`` would find every shard (by size; it still verifies their digests)."""
+    return all(c.on_disk() for c in _caches(dataset, key, cache_dir, flip))
+
+
+def extract(backbone: FrozenBackbone | Callable[[], FrozenBackbone], dataset, key: dict, cache_dir: str | Path,
+            device: torch.device, *, flip: bool = False, batch_size: int = 32, progress=None) -> FeatureSet:
+    """Features and masks of every image of ``dataset`` (items ``(image, mask)``), cached on disk
+    and memory-mapped. ``backbone`` may be a function that builds it: it is called only when a
+    shard must be extracted."""
 
     def features_of(start, stop, flipped):
-        images = torch.stack([dataset[i][0] for i in range(start, stop)])
+        net = backbone if isinstance(backbone, torch.nn.Module) else backbone()
+        items = [dataset[i] for i in range(start, stop)]
+        images = torch.stack([image for image, _ in items])
         if flipped:
             images = images.flip(-1)
         out_f, out_d = [], []
         for b in range(0, len(images), batch_size):
-            f, d = backbone(images[b:b + batch_size].to(device))
+            f, d = net(images[b:b + batch_size].to(device))
             out_f.append(f.cpu())
             out_d.append(d.cpu())
-        return torch.cat(out_f), torch.cat(out_d)
+        masks = () if flipped else (torch.stack([mask for _, mask in items]),)  # the masks: once, unflipped
+        return torch.cat(out_f), torch.cat(out_d), *masks
 
-    sets = []
-    for flipped in (False, True) if flip else (False,):
-        cache = FeatureCache(cache_dir, {**key, "flip": flipped}, len(dataset))
+    caches = _caches(dataset, key, cache_dir, flip)
+    for cache, flipped in zip(caches, (False, True)):
         cache.ensure(lambda a, b: features_of(a, b, flipped), progress=progress)
-        sets.append(cache)
-    masks = torch.stack([dataset[i][1] for i in range(len(dataset))])
-    return FeatureSet(sets[0].features(), sets[0].descriptors(), masks, sets[1].features() if flip else None)
+    plain = caches[0]
+    return FeatureSet(plain.features(), plain.descriptors(), plain.masks(), caches[1].features() if flip else None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fussfast
+from fussfast import _C
 from fussfast.ops import correlation_loss, correlation_loss_reference
 
 CUDA_READY = fussfast.cuda_available()
@@ -210,3 +211,26 @@ def test_mixed_devices_raise():
     f1, f2, c1, c2, _ = make_inputs(2, 6, 4, (3, 3), (3, 3), "cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="one device"):
         correlation_loss(f1.cuda(), f2, c1, c2, 0.1)
+
+
+@pytest.mark.parametrize("method", ["amx", "avx512bf16", "widen"])
+def test_bfloat16_feature_products_on_every_method(method):
+    # bfloat16 features beside float32 codes: each way this CPU can multiply them (AMX tiles,
+    # vdpbf16ps, widened to float32) matches the float64 reference on the same bfloat16 values.
+    if method not in _C.cpu_bf16_methods() or _C.cpu_isa() != "avx512":
+        pytest.skip(f"{method} does not run here (CPU ISA {_C.cpu_isa()}, methods {_C.cpu_bf16_methods()})")
+    g = torch.Generator().manual_seed(7)
+    f1, f2 = (torch.randn(3, 67, h, w, generator=g).bfloat16() for h, w in ((9, 7), (5, 11)))
+    c1, c2 = (torch.randn(3, 13, h, w, generator=g, requires_grad=True) for h, w in ((9, 7), (5, 11)))
+    previous = _C.cpu_bf16()
+    _C.set_cpu_bf16(method)
+    try:
+        loss = correlation_loss(f1, f2, c1, c2, 0.2)
+        grads = torch.autograd.grad(loss, (c1, c2))
+    finally:
+        _C.set_cpu_bf16(previous)
+    d1, d2 = (c.detach().double().requires_grad_() for c in (c1, c2))
+    want = correlation_loss_reference(f1.double(), f2.double(), d1, d2, 0.2)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=1e-6)
+    for got, ref in zip(grads, torch.autograd.grad(want, (d1, d2))):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)

@@ -1,5 +1,9 @@
 """kmeans and maximin: quality against scikit-learn, exact properties, determinism, bad input."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -32,6 +36,80 @@ def test_inertia_within_one_percent_of_sklearn(device):
     # the reported inertia is the inertia of the returned centroids and labels
     d = ((x - ours.centroids.cpu()[ours.labels.cpu()]) ** 2).sum(1)
     assert ours.inertia == pytest.approx(float(d.double().sum()), rel=1e-4)
+
+
+@pytest.mark.no_simt("20,000 points x 3 runs are slow emulated; the CPU kernel is the one checked")
+def test_inertia_within_a_tenth_of_a_percent_of_sklearn():
+    from sklearn.cluster import KMeans
+
+    x = blobs(M=20_000, D=70, seed=7)
+    ours = kmeans(x, 27, n_init=3, seed=1)
+    theirs = KMeans(n_clusters=27, n_init=3, random_state=0, algorithm="lloyd").fit(x.numpy())
+    assert ours.inertia <= theirs.inertia_ * 1.001
+
+
+# odd sizes: partial row tiles, several centroid blocks (k above 16 and 32 lanes), D not a
+# multiple of any vector width, several chunks (M > 1024), weights with zeros
+@pytest.mark.parametrize("M,D,k", [(5, 3, 1), (97, 7, 17), (1031, 13, 33), (2500, 70, 27), (700, 1, 5)])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_lloyd_fixed_point_is_exact(device, M, D, k, metric):
+    g = torch.Generator().manual_seed(M + D)
+    x = torch.randn(M, D, generator=g, dtype=torch.float64)
+    w = torch.rand(M, generator=g, dtype=torch.float64)
+    w[::4] = 0
+    r = kmeans(x.to(device), k, weights=w.to(device), metric=metric, tol=0.0, max_iter=1000, n_init=2, seed=M)
+    labels, c = r.labels.cpu(), r.centroids.cpu()
+    xs = torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
+    assert torch.equal(labels, nearest(xs, c, cosine=metric == "cosine"))
+    for j in range(k):  # a converged run's centroids are the weighted means of their clusters
+        m = labels == j
+        if w[m].sum() > 0:
+            want = (w[m, None] * xs[m]).sum(0) / w[m].sum()
+            if metric == "cosine":
+                want = torch.nn.functional.normalize(want, dim=0)
+            torch.testing.assert_close(c[j], want, rtol=1e-9, atol=1e-9)
+    d = (1 - (xs * c[labels]).sum(1)).clamp_min(0) if metric == "cosine" else ((xs - c[labels]) ** 2).sum(1)
+    assert r.inertia == pytest.approx(float((w * d).sum()), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_same_result_whatever_the_thread_count(metric):
+    code = (
+        "import hashlib, torch; from fussfast.ops import kmeans; "
+        "g = torch.Generator().manual_seed(0); x = torch.randn(5000, 19, generator=g); "
+        "w = torch.rand(5000, generator=g); "
+        f"r = kmeans(x, 29, weights=w, metric='{metric}', n_init=2, seed=5); "
+        "print(hashlib.sha256(r.centroids.numpy().tobytes() + r.labels.numpy().tobytes()).hexdigest(), "
+        "r.inertia.hex(), r.n_iter)"
+    )
+    out = {
+        n: subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": str(n)},
+                          capture_output=True, text=True, check=True).stdout
+        for n in (1, 2, 3)
+    }
+    assert out[1] == out[2] == out[3] and out[1].strip()
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("where", [0, 4999, 2600])  # first row (the variance's shift), last, a later chunk
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_non_finite_points_raise(device, backend, where, bad, dtype):
+    x = torch.randn(5000, 9, dtype=dtype)
+    x[where, 8] = bad
+    for metric in ("euclidean", "cosine"):
+        with pytest.raises(ValueError, match="points contain NaN or Inf"):
+            kmeans(x.to(device), 3, metric=metric, n_init=1, backend=backend)
+
+
+def test_tol_is_relative_to_the_variance(device):
+    # the same points scaled: with tol relative to the variance, the runs stop at the same iteration
+    x = torch.randn(3000, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scales = (1.0, 1e-3, 1e3)
+    runs = [kmeans((s * x).to(device), 5, n_init=1, tol=1e-2, seed=2) for s in scales]
+    assert len({r.n_iter for r in runs}) == 1
+    assert all(r.inertia == pytest.approx(runs[0].inertia * s * s, rel=1e-9) for r, s in zip(runs, scales))
+    assert kmeans(x.to(device), 5, n_init=1, tol=0.0, seed=2).n_iter > runs[0].n_iter  # tol did stop them
 
 
 def test_reference_backend_agrees(device):

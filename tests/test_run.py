@@ -80,12 +80,12 @@ def test_folder_data(tmp_path):
     # the feature cache follows the images' contents, not their names
     from fussfast.assemble import prepare
 
-    before = prepare(config).train["a"].features.clone()
+    before = prepare(config).train["a"].get().features.clone()
     shards = set((tmp_path / "c").iterdir())
-    assert prepare(config).train["a"].features.equal(before) and set((tmp_path / "c").iterdir()) == shards
+    assert prepare(config).train["a"].get().features.equal(before) and set((tmp_path / "c").iterdir()) == shards
     image = tmp_path / "data" / "clients" / "a" / "images" / "0.png"
     Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # same name, same size
-    after = prepare(config).train["a"].features
+    after = prepare(config).train["a"].get().features
     assert not after[0].equal(before[0]) and after[1:].equal(before[1:])
 
 
@@ -166,18 +166,18 @@ def test_failing_client_is_left_out_and_min_clients_ends_the_run(tmp_path, monke
         return real(self, data, *args, **kwargs)
 
     monkeypatch.setattr(SiteModel, "train_steps", flaky)
-    real_init = SiteModel.__init__
-    made = []
+    from fussfast.assemble import Setup
 
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        self.fail = len(made) == 0  # the first site's model fails every round
-        made.append(self)
+    real_site_model = Setup.site_model
 
-    monkeypatch.setattr(SiteModel, "__init__", init)
+    def site_model(self, name):
+        model = real_site_model(self, name)
+        model.fail = name == "site0"  # site0's model fails every round
+        return model
+
+    monkeypatch.setattr(Setup, "site_model", site_model)
     base = SMALL + ["fed.strategy=\"fedavg\"", "fed.rounds=1", "train.local_steps=5", f"cache_dir=\"{tmp_path / 'c'}\""]
     metrics = run(load_config(None, base), tmp_path)
     assert metrics["rounds"][0]["excluded"] == {"site0": "site0: failed with MemoryError: out of memory"}
-    made.clear()
     with pytest.raises(RuntimeError, match="fewer than fed.min_clients=2"):
         run(load_config(None, base + ["fed.min_clients=2"]), tmp_path / "two")

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::back_ce {
@@ -54,8 +55,15 @@ FF_HD A pixel(const A* x, int64_t stride, int64_t K, int64_t y, const int32_t* p
   return lse - lsa;
 }
 
-void forward_cpu(const Tensor& logits, const Tensor& labels, const Tensor& present, int64_t ignore_index,
-                 const Tensor& loss, const Tensor* grad);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void forward_cpu(const Tensor& logits, const Tensor& labels, const Tensor& present, int64_t ignore_index,
+    const Tensor& loss, const Tensor* grad);
+)
+inline void forward_cpu(const Tensor& logits, const Tensor& labels, const Tensor& present,
+    int64_t ignore_index, const Tensor& loss, const Tensor* grad) {
+  FF_CPU_CALL(forward_cpu(logits, labels, present, ignore_index, loss, grad));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void forward_cuda(const Tensor& logits, const Tensor& labels, const Tensor& present, int64_t ignore_index,
                   const Tensor& loss, const Tensor* grad, uintptr_t stream);

@@ -11,6 +11,7 @@
 #include "back_ce.h"
 
 namespace fussfast::back_ce {
+FF_ISA_BEGIN
 namespace {
 
 constexpr int64_t kTileP = 256;
@@ -119,10 +120,8 @@ template <class A>
     if (y[p] == ignore_index && sa[p] < kTinySum<A>) out[p] = pixel(x + p, P, K, int64_t(-1), pr, g ? g + p : nullptr);
 }
 
-// float32: built for AVX2 and for the baseline, picked at load time (GCC function clones).
-[[gnu::target_clones("avx2", "default")]] void run_block(const float* x, const int64_t* y, const int32_t* pr,
-                                                         int64_t ignore_index, int64_t K, int64_t P, int64_t n,
-                                                         float* out, float* g) {
+void run_block(const float* x, const int64_t* y, const int32_t* pr, int64_t ignore_index, int64_t K, int64_t P,
+               int64_t n, float* out, float* g) {
   block(x, y, pr, ignore_index, K, P, n, out, g);
 }
 void run_block(const double* x, const int64_t* y, const int32_t* pr, int64_t ignore_index, int64_t K, int64_t P,
@@ -154,4 +153,5 @@ void forward_cpu(const Tensor& logits, const Tensor& labels, const Tensor& prese
                   [&] { forward_impl<scalar_t>(logits, labels, present, ignore_index, loss, grad); });
 }
 
+FF_ISA_END
 }  // namespace fussfast::back_ce

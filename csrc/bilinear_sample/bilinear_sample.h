@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::bilinear_sample {
@@ -55,9 +56,18 @@ FF_HD Taps<A> taps_of(A x, A y, int64_t H, int64_t W) {
   return t;
 }
 
-void forward_cpu(const Tensor& maps, const Tensor& points, const Tensor& index, const Tensor& out);
-void backward_cpu(const Tensor& grad_out, const Tensor& points, const Tensor& index,
-                  const Tensor& grad_maps);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void forward_cpu(const Tensor& maps, const Tensor& points, const Tensor& index, const Tensor& out);
+  void backward_cpu(const Tensor& grad_out, const Tensor& points, const Tensor& index, const Tensor& grad_maps);
+)
+inline void forward_cpu(const Tensor& maps, const Tensor& points, const Tensor& index, const Tensor& out) {
+  FF_CPU_CALL(forward_cpu(maps, points, index, out));
+}
+inline void backward_cpu(const Tensor& grad_out, const Tensor& points, const Tensor& index,
+    const Tensor& grad_maps) {
+  FF_CPU_CALL(backward_cpu(grad_out, points, index, grad_maps));
+}
 
 #ifdef FUSSFAST_WITH_CUDA
 void forward_cuda(const Tensor& maps, const Tensor& points, const Tensor& index, const Tensor& out,

@@ -9,6 +9,7 @@
 #include "bilinear_sample.h"
 
 namespace fussfast::bilinear_sample {
+FF_ISA_BEGIN
 namespace {
 
 constexpr int64_t kChannels = 32;  // channels per backward task
@@ -86,4 +87,5 @@ void backward_cpu(const Tensor& grad_out, const Tensor& points, const Tensor& in
                   [&] { backward_impl<scalar_t>(grad_out, points, index, grad_maps); });
 }
 
+FF_ISA_END
 }  // namespace fussfast::bilinear_sample

@@ -9,12 +9,16 @@
 //   grad_z [B, D, P]  out (optional): d total[b] / d z, so backward is a scale
 //   grad_c [B, K, D]  out (optional, zeroed by the caller): d total[b] / d c, per image
 //   alpha < 0 selects the hard assignment (alpha = None in the Python API).
+// The CPU kernel can also take raw codes (normalize_codes): it then normalizes each pixel's code
+// itself, z / max(|z|, eps) as F.normalize, and grad_z is the gradient with respect to the raw
+// codes, (g - y (y . g)) / |z| (g / eps where the norm is clamped), g being that of y.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::cluster {
@@ -57,7 +61,13 @@ struct Outputs {
   const Tensor* grad_c = nullptr;
 };
 
-void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out, bool normalize_codes);
+)
+inline void forward_cpu(const Tensor& z, const Tensor& c, double alpha, const Outputs& out, bool normalize_codes) {
+  FF_CPU_CALL(forward_cpu(z, c, alpha, out, normalize_codes));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void forward_cuda(const Tensor& z, const Tensor& c, double alpha, const Outputs& out,
                   uintptr_t stream);

@@ -7,7 +7,7 @@ namespace {
 
 void forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a, std::optional<Out> labels_a,
              std::optional<Out> total_a, std::optional<Out> grad_z_a, std::optional<Out> grad_c_a,
-             uintptr_t stream) {
+             bool normalize_codes, uintptr_t stream) {
   const std::string op = "cluster_assign";
   Tensor z = view(op, "codes", z_a), c = view(op, "centroids", c_a);
   expect(z.ndim >= 2 && c.ndim == 2, op, "codes must be [B, D, ...] and centroids [K, D]");
@@ -46,8 +46,9 @@ void forward(In z_a, In c_a, double alpha, std::optional<Out> probs_a, std::opti
   for (const Tensor* t : {out.probs, out.labels, out.total, out.grad_z, out.grad_c})
     if (t) all.push_back(t);
   expect_same_device(op, all);
+  expect(!normalize_codes || runs_cpu_kernel(z), op, "normalize_codes is for the CPU kernel only");
   on_device(
-      op, z, [&] { cluster::forward_cpu(z, c, alpha, out); },
+      op, z, [&] { cluster::forward_cpu(z, c, alpha, out, normalize_codes); },
       [&] { FF_IF_CUDA(cluster::forward_cuda(z, c, alpha, out, stream)); });
 }
 
@@ -57,7 +58,7 @@ void bind_cluster(nb::module_& m) {
   m.def("cluster_forward", FF_BIND(forward), nb::arg("codes").noconvert(), nb::arg("centroids").noconvert(),
         nb::arg("alpha"), nb::arg("probs").noconvert().none(), nb::arg("labels").noconvert().none(),
         nb::arg("total").noconvert().none(), nb::arg("grad_codes").noconvert().none(),
-        nb::arg("grad_centroids").noconvert().none(), nb::arg("stream"));
+        nb::arg("grad_centroids").noconvert().none(), nb::arg("normalize_codes"), nb::arg("stream"));
 }
 
 }  // namespace fussfast

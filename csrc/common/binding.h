@@ -134,6 +134,16 @@ inline DType accumulation(DType t) {
   return wide ? DType::f64 : DType::f32;
 }
 
+// Whether on_device runs the CPU kernel for t (the SIMT test build runs the CUDA code instead).
+inline bool runs_cpu_kernel(const Tensor& t) {
+#ifdef FUSSFAST_SIMT
+  (void)t;
+  return false;
+#else
+  return t.device == Device::cpu;
+#endif
+}
+
 // Runs cpu() or cuda() for the device of t, without the GIL; the SIMT build always runs cuda().
 // Running out of memory raises MemoryError naming the op and its first input's shape.
 template <class Cpu, class Cuda>

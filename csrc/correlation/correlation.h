@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::correlation {
@@ -49,11 +50,19 @@ struct Grads {
   Tensor z1, z2;
 };
 
-void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise);
-void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
-                 const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads,
-                 double lo, double hi);
-
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise);
+  void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2, const Stats& st,
+    const Tensor& bias, const Tensor& loss, const Grads* grads, double lo, double hi);
+)
+inline void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise) {
+  FF_CPU_CALL(stats_cpu(f1, f2, st, pointwise));
+}
+inline void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
+    const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads, double lo, double hi) {
+  FF_CPU_CALL(forward_cpu(f1, f2, z1, z2, st, bias, loss, grads, lo, hi));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void stats_cuda(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise,
                 uintptr_t stream);

@@ -60,7 +60,11 @@ void forward(In f1_a, In f2_a, In z1_a, In z2_a, In inv1, In inv2, In off1, In p
   expect(z1.size(0) == s.B && z2.size(0) == s.B && z2.size(1) == D && z1.inner(2) == s.P && z2.inner(2) == s.Q,
          op, "codes1 " + z1.shape_str() + " / codes2 " + z2.shape_str() + " must match the feature maps " +
                   f1.shape_str() + " / " + f2.shape_str());
-  expect(z1.dtype == f1.dtype && z2.dtype == f1.dtype, op, "feats and codes must share a dtype");
+  // CPU kernel: codes in the accumulation type, features in any float dtype (16-bit read as they
+  // are); CUDA kernel: codes and features share a dtype.
+  const DType code_dtype = runs_cpu_kernel(f1) ? acc : f1.dtype;
+  expect(z1.dtype == code_dtype && z2.dtype == code_dtype, op,
+         std::string("codes must be ") + dtype_name(code_dtype) + " for " + dtype_name(f1.dtype) + " features here");
   expect_dtype(op, "bias", bias, acc);
   expect_shape(op, "bias", bias, {s.B});
   expect_dtype(op, "loss", loss, acc);

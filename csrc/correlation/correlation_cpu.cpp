@@ -1,11 +1,13 @@
 // CPU kernels. forward: tasks are (pair, block of kTileP rows of P), one contiguous range per
-// thread. Each task walks Q in blocks of kTileQ: the raw feature product and the code product
-// come from the blocked matrix kernel, F is scaled and centred, the loss and d loss / d S are
-// taken elementwise, then the two code-gradient products. grad_z1 rows belong to one task;
+// thread. Each task walks Q in blocks of kTileQ: the raw feature product (the features in their
+// own dtype, 16-bit included) and the code product come from the blocked matrix kernel, F is
+// scaled and centred, the loss and d loss / d S are taken elementwise, then the two code-gradient
+// products. grad_z1 rows belong to one task;
 // grad_z2 sums over all of P, so each thread keeps a private copy per pair it touches and the
 // copies are added in thread order: results do not depend on timing.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common/cpu_utils.h"
@@ -13,28 +15,50 @@
 #include "correlation.h"
 
 namespace fussfast::correlation {
+FF_ISA_BEGIN
 namespace {
 
-constexpr int64_t kTileP = 128, kTileQ = 128;
+// kTileQ is the packed products' column alignment, so the packed f2 and z2
+// panels of a pair can be sliced at q0.
+constexpr int64_t kTileP = 128, kTileQ = cpu::kGemmColumnAlign;
 
-template <class A>
+// sum_i x[i] w[i] in double, in 8 interleaved partial sums (so it vectorizes) added in order.
+template <class T, class A>
+double weighted_sum(const T* x, const A* w, int64_t n) {
+  constexpr int kParts = 8;
+  double part[kParts] = {};
+  int64_t i = 0;
+  for (; i + kParts <= n; i += kParts)
+    for (int j = 0; j < kParts; ++j) part[j] += double(load(x + i + j)) * double(w[i + j]);
+  double s = 0;
+  for (int j = 0; j < kParts; ++j) s += part[j];
+  for (; i < n; ++i) s += double(load(x + i)) * double(w[i]);
+  return s;
+}
+
+// T: the features' storage type; A: the accumulation type, which codes, statistics and
+// gradients use (16-bit features are read as they are, never widened in memory).
+template <class T, class A>
 void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool pointwise) {
   const int64_t B = f1t.size(0), C = f1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
   ParallelErrors errors;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) errors.guard([&] {
-    const A* f1 = f1t.ptr<A>() + b * C * P;
-    const A* f2 = f2t.ptr<A>() + b * C * Q;
+    const T* f1 = f1t.ptr<T>() + b * C * P;
+    const T* f2 = f2t.ptr<T>() + b * C * Q;
     A* inv1 = st.inv1.ptr<A>() + b * P;
     A* inv2 = st.inv2.ptr<A>() + b * Q;
     A* off1 = st.off1.ptr<A>() + b * P;
     A* m1 = st.centre.ptr<A>() + b * 2 * C;
     A* m2 = m1 + C;
     // sums of squares over channels, walking each channel row contiguously
-    auto inverse_norms = [&](const A* f, int64_t n, A* inv) {
+    auto inverse_norms = [&](const T* f, int64_t n, A* inv) {
       std::vector<double> sq(n, 0.0);
       for (int64_t c = 0; c < C; ++c)
-        for (int64_t i = 0; i < n; ++i) sq[i] += double(f[c * n + i]) * f[c * n + i];
+        for (int64_t i = 0; i < n; ++i) {
+          const double v = load(f + c * n + i);
+          sq[i] += v * v;
+        }
       for (int64_t i = 0; i < n; ++i) inv[i] = A(inverse_norm(sq[i]));
     };
     inverse_norms(f1, P, inv1);
@@ -43,15 +67,12 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
     std::fill(off1, off1 + P, A(0));
     if (pointwise) {
       for (int64_t c = 0; c < C; ++c) {
-        double s1 = 0, s2 = 0;
-        for (int64_t p = 0; p < P; ++p) s1 += double(f1[c * P + p]) * inv1[p];
-        for (int64_t q = 0; q < Q; ++q) s2 += double(f2[c * Q + q]) * inv2[q];
-        m1[c] = A(s1 / P);
-        m2[c] = A(s2 / Q);
+        m1[c] = A(weighted_sum(f1 + c * P, inv1, P) / P);
+        m2[c] = A(weighted_sum(f2 + c * Q, inv2, Q) / Q);
         mean += double(m1[c]) * m2[c];
       }
       for (int64_t c = 0; c < C; ++c)
-        for (int64_t p = 0; p < P; ++p) off1[p] += f1[c * P + p] * m2[c];
+        for (int64_t p = 0; p < P; ++p) off1[p] += A(load(f1 + c * P + p)) * m2[c];
       for (int64_t p = 0; p < P; ++p) off1[p] *= inv1[p];
     }
     st.pair_mean.ptr<A>()[b] = A(mean);
@@ -59,13 +80,45 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
   errors.rethrow();
 }
 
-template <class A>
+// The feature and code products of one task against the q-blocks of its pair. float: the pair's
+// f2/z2 are packed once per thread and pair, the task's f1/z1 tile once; float64: strided products.
+template <class T, class A>
+struct Products {
+  int64_t C, D, P, Q;
+  cpu::Packed f1p, z1p, f2p, z2p;
+  int64_t packed_pair = -1;
+
+  void start(const T* f1b, const A* z1b, const T* f2b, const A* z2b, int64_t b, int64_t tp) {
+    if constexpr (std::is_same_v<A, float>) {
+      if (b != packed_pair) {
+        cpu::pack_b(f2b, Q, C, Q, 1, f2p);
+        cpu::pack_b(z2b, Q, D, Q, 1, z2p);
+        packed_pair = b;
+      }
+      cpu::pack_a(f1b, tp, C, 1, P, f1p);
+      cpu::pack_a(z1b, tp, D, 1, P, z1p);
+    }
+  }
+  // F[p][q] = sum_c f1[c][p0 + p] f2[c][q0 + q],  S[p][q] = sum_d z1[d][p0 + p] z2[d][q0 + q]
+  void run(const T* f1b, const A* z1b, const T* f2b, const A* z2b, int64_t tp, int64_t q0, int64_t tq, A* F, A* S) {
+    if constexpr (std::is_same_v<A, float>) {
+      cpu::gemm(f1p, f2p, q0, tq, F, kTileQ, false);
+      cpu::gemm(z1p, z2p, q0, tq, S, kTileQ, false);
+    } else {
+      cpu::gemm({tp, tq, C, 1, P, Q, 1, kTileQ, false}, f1b, f2b + q0, F);
+      cpu::gemm({tp, tq, D, 1, P, Q, 1, kTileQ, false}, z1b, z2b + q0, S);
+    }
+  }
+};
+
+template <class T, class A>
 void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const Tensor& z2t,
                   const Stats& st, const Tensor& bias_t, const Tensor& loss_t, const Grads* grads,
                   A lo, A hi) {
   const int64_t B = f1t.size(0), C = f1t.size(1), D = z1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
   if (B == 0) return;
-  const A *f1 = f1t.ptr<A>(), *f2 = f2t.ptr<A>(), *z1 = z1t.ptr<A>(), *z2 = z2t.ptr<A>();
+  const T *f1 = f1t.ptr<T>(), *f2 = f2t.ptr<T>();
+  const A *z1 = z1t.ptr<A>(), *z2 = z2t.ptr<A>();
   const A *inv1 = st.inv1.ptr<A>(), *inv2 = st.inv2.ptr<A>(), *off1 = st.off1.ptr<A>();
   const A* bias = bias_t.ptr<A>();
   A* gz1 = grads ? grads->z1.ptr<A>() : nullptr;
@@ -88,31 +141,35 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
 #pragma omp parallel num_threads(threads)
   errors.guard([&] {
     const int t = worker_id();
-    std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ);
+    std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ), column_loss(kTileQ);
+    Products<T, A> products{C, D, P, Q};
     for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
       const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;
       const int64_t tp = std::min(kTileP, P - p0);
-      const A *f1b = f1 + b * C * P + p0, *z1b = z1 + b * D * P + p0;
+      const T *f1b = f1 + b * C * P + p0, *f2b = f2 + b * C * Q;
+      const A *z1b = z1 + b * D * P + p0, *z2b = z2 + b * D * Q;
       const A *inv1b = inv1 + b * P + p0, *off1b = off1 + b * P + p0;
       A* gz2b = grads ? gz2_private.data() + (slot0[t] + b - first_pair(t)) * D * Q : nullptr;
+      products.start(f1b, z1b, f2b, z2b, b, tp);
       double loss_sum = 0;
       for (int64_t q0 = 0; q0 < Q; q0 += kTileQ) {
         const int64_t tq = std::min(kTileQ, Q - q0);
         const A* inv2b = inv2 + b * Q + q0;
-        // raw feature product and code product: [p][q] = sum_c x1[c][p0 + p] x2[c][q0 + q]
-        cpu::gemm({tp, tq, C, 1, P, Q, 1, kTileQ, false}, f1b, f2 + b * C * Q + q0, F.data());
-        cpu::gemm({tp, tq, D, 1, P, Q, 1, kTileQ, false}, z1b, z2 + b * D * Q + q0, S.data());
-        A tile_loss = 0;
-        for (int64_t p = 0; p < tp; ++p)
+        products.run(f1b, z1b, f2b, z2b, tp, q0, tq, F.data(), S.data());
+        // per-column partial losses: the loop vectorizes (no reduction across lanes), and the
+        // columns are then added in a fixed order
+        std::fill(column_loss.begin(), column_loss.end(), A(0));
+        for (int64_t p = 0; p < tp; ++p) {
+          const A scale = inv1b[p], off = off1b[p];
           for (int64_t q = 0; q < tq; ++q) {
             const int64_t i = p * kTileQ + q;
-            const A f = inv1b[p] * inv2b[q] * F[i] - off1b[p];
-            W[i] = pair_term(f, S[i], bias[b], lo, hi, tile_loss);
+            W[i] = pair_term(scale * inv2b[q] * F[i] - off, S[i], bias[b], lo, hi, column_loss[q]);
           }
-        loss_sum += tile_loss;
+        }
+        for (int64_t q = 0; q < tq; ++q) loss_sum += column_loss[q];
         if (!grads) continue;
         // grad_z1[d][p0 + p] += sum_q z2[d][q0 + q] W[p][q]
-        cpu::gemm({D, tp, tq, Q, 1, 1, kTileQ, P, true}, z2 + b * D * Q + q0, W.data(), gz1 + b * D * P + p0);
+        cpu::gemm({D, tp, tq, Q, 1, 1, kTileQ, P, true}, z2b + q0, W.data(), gz1 + b * D * P + p0);
         // grad_z2[d][q0 + q] += sum_p z1[d][p0 + p] W[p][q]
         cpu::gemm({D, tq, tp, P, 1, kTileQ, 1, Q, true}, z1b, W.data(), gz2b + q0);
       }
@@ -141,15 +198,17 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
 }  // namespace
 
 void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise) {
-  FF_DISPATCH_ACC(f1.dtype, "correlation_loss", [&] { stats_impl<scalar_t>(f1, f2, st, pointwise); });
+  FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss", [&] { stats_impl<scalar_t, acc_t<scalar_t>>(f1, f2, st, pointwise); });
 }
 
 void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
                  const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads,
                  double lo, double hi) {
-  FF_DISPATCH_ACC(f1.dtype, "correlation_loss", [&] {
-    forward_impl<scalar_t>(f1, f2, z1, z2, st, bias, loss, grads, scalar_t(lo), scalar_t(hi));
+  FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss", [&] {
+    using A = acc_t<scalar_t>;
+    forward_impl<scalar_t, A>(f1, f2, z1, z2, st, bias, loss, grads, A(lo), A(hi));
   });
 }
 
+FF_ISA_END
 }  // namespace fussfast::correlation

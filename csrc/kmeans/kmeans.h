@@ -7,15 +7,17 @@
 //   returns (inertia, n_iter) of the best run
 //
 // Distances: Euclidean = squared distance |x - c|^2; cosine = 1 - x.c (centroids re-normalized
-// after each update). tol is absolute here (the wrapper scales it by the data variance, as
-// scikit-learn does); a run stops when the total squared centroid shift is <= tol, or when no
-// label changes. A cluster left empty is re-seeded with the point farthest from its centroid.
+// after each update). tol is absolute here (scaled by the data variance, as scikit-learn does:
+// by the binding for CPU points, by the wrapper on CUDA); a run stops when the total squared
+// centroid shift is <= tol, or when no label changes. A cluster left empty is re-seeded with
+// the point farthest from its centroid.
 // Deterministic for a seed: every sum is taken in a fixed order, whatever the thread count.
 #pragma once
 
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::kmeans {
@@ -40,8 +42,19 @@ FF_HD A distance(A dot, A xx, A cc, bool cosine) {
   return d > A(0) ? d : A(0);
 }
 
-Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
-                  const Tensor& centroids, const Tensor& labels);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+// tol is absolute in Options; the binding scales it by mean_variance_cpu (CPU points), which
+// also raises on NaN or Inf: the finite check and the variance in one pass.
+FF_CPU_DECLARE(
+  double mean_variance_cpu(const Tensor& points);
+  Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt, const Tensor& centroids,
+    const Tensor& labels);
+)
+inline double mean_variance_cpu(const Tensor& points) { FF_CPU_CALL(mean_variance_cpu(points)); }
+inline Result kmeans_cpu(const Tensor& points, const Tensor* weights, const Options& opt,
+    const Tensor& centroids, const Tensor& labels) {
+  FF_CPU_CALL(kmeans_cpu(points, weights, opt, centroids, labels));
+}
 #ifdef FUSSFAST_WITH_CUDA
 Result kmeans_cuda(const Tensor& points, const Tensor* weights, const Options& opt,
                    const Tensor& centroids, const Tensor& labels, uintptr_t stream);

@@ -6,7 +6,7 @@ namespace fussfast {
 namespace {
 
 nb::tuple run(In points_a, std::optional<In> weights_a, int64_t k, int64_t n_init, int64_t max_iter, double tol,
-              uint64_t seed, bool cosine, Out centroids_a, Out labels_a, uintptr_t stream) {
+              uint64_t seed, bool cosine, Out centroids_a, Out labels_a, uintptr_t stream, bool scale_tol) {
   const std::string op = "kmeans";
   Tensor x = view_points(op, points_a);
   const int64_t M = x.size(0), D = x.size(1);
@@ -26,11 +26,16 @@ nb::tuple run(In points_a, std::optional<In> weights_a, int64_t k, int64_t n_ini
     all.push_back(weights);
   }
   expect_same_device(op, all);
-  const kmeans::Options opt{k, n_init, max_iter, tol, seed, cosine};
+  expect(!scale_tol || x.device == Device::cpu, op, "scale_tol takes CPU points");
+  kmeans::Options opt{k, n_init, max_iter, tol, seed, cosine};
+  // scale_tol: tol is relative to the points' mean variance, found (with the NaN/Inf check) here
+  auto scale = [&] {
+    if (scale_tol) opt.tol = tol * kmeans::mean_variance_cpu(x);
+  };
   kmeans::Result r{};
   on_device(
-      op, x, [&] { r = kmeans::kmeans_cpu(x, weights, opt, centroids, labels); },
-      [&] { FF_IF_CUDA(r = kmeans::kmeans_cuda(x, weights, opt, centroids, labels, stream)); });
+      op, x, [&] { scale(), r = kmeans::kmeans_cpu(x, weights, opt, centroids, labels); },
+      [&] { scale(), FF_IF_CUDA(r = kmeans::kmeans_cuda(x, weights, opt, centroids, labels, stream)); });
   return nb::make_tuple(r.inertia, r.n_iter);
 }
 
@@ -39,7 +44,8 @@ nb::tuple run(In points_a, std::optional<In> weights_a, int64_t k, int64_t n_ini
 void bind_kmeans(nb::module_& m) {
   m.def("kmeans", FF_BIND(run), nb::arg("points").noconvert(), nb::arg("weights").noconvert().none(),
         nb::arg("k"), nb::arg("n_init"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("seed"), nb::arg("cosine"),
-        nb::arg("centroids").noconvert(), nb::arg("labels").noconvert(), nb::arg("stream"));
+        nb::arg("centroids").noconvert(), nb::arg("labels").noconvert(), nb::arg("stream"),
+        nb::arg("scale_tol") = false);
 }
 
 }  // namespace fussfast

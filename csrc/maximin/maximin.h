@@ -9,11 +9,18 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::maximin {
 
-void maximin_cpu(const Tensor& points, bool cosine, int64_t start, const Tensor& indices);
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void maximin_cpu(const Tensor& points, bool cosine, int64_t start, const Tensor& indices);
+)
+inline void maximin_cpu(const Tensor& points, bool cosine, int64_t start, const Tensor& indices) {
+  FF_CPU_CALL(maximin_cpu(points, cosine, start, indices));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void maximin_cuda(const Tensor& points, bool cosine, int64_t start, const Tensor& indices,
                   uintptr_t stream);

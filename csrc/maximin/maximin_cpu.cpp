@@ -11,6 +11,7 @@
 #include "maximin.h"
 
 namespace fussfast::maximin {
+FF_ISA_BEGIN
 namespace {
 
 template <class A>
@@ -58,4 +59,5 @@ void maximin_cpu(const Tensor& points, bool cosine, int64_t start, const Tensor&
   FF_DISPATCH_ACC(points.dtype, "maximin", [&] { run<scalar_t>(points, cosine, start, indices); });
 }
 
+FF_ISA_END
 }  // namespace fussfast::maximin

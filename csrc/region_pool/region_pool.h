@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/isa.h"
 #include "../common/tensor.h"
 
 namespace fussfast::region_pool {
@@ -71,13 +72,21 @@ FF_HD void region_grad(const T* grad_out, const A* mean, int64_t count, A* g, in
   }
 }
 
-void forward_cpu(const Tensor& emb, const Tensor& labels, const Tensor& acc, const Tensor& counts,
-                 const Tensor& means, const Tensor& regions, const Tensor& status,
-                 int64_t ignore_index, bool normalize);
-void backward_cpu(const Tensor& grad_means, const Tensor& acc, const Tensor& counts,
-                  const Tensor& regions, const Tensor& grad_rows, const Tensor& grad_emb,
-                  bool normalize);
-
+// CPU: one build per instruction set (common/isa.h); these pick the CPU's.
+FF_CPU_DECLARE(
+  void forward_cpu(const Tensor& emb, const Tensor& labels, const Tensor& acc, const Tensor& counts,
+    const Tensor& means, const Tensor& regions, const Tensor& status, int64_t ignore_index, bool normalize);
+  void backward_cpu(const Tensor& grad_means, const Tensor& acc, const Tensor& counts, const Tensor& regions,
+    const Tensor& grad_rows, const Tensor& grad_emb, bool normalize);
+)
+inline void forward_cpu(const Tensor& emb, const Tensor& labels, const Tensor& acc, const Tensor& counts,
+    const Tensor& means, const Tensor& regions, const Tensor& status, int64_t ignore_index, bool normalize) {
+  FF_CPU_CALL(forward_cpu(emb, labels, acc, counts, means, regions, status, ignore_index, normalize));
+}
+inline void backward_cpu(const Tensor& grad_means, const Tensor& acc, const Tensor& counts,
+    const Tensor& regions, const Tensor& grad_rows, const Tensor& grad_emb, bool normalize) {
+  FF_CPU_CALL(backward_cpu(grad_means, acc, counts, regions, grad_rows, grad_emb, normalize));
+}
 #ifdef FUSSFAST_WITH_CUDA
 void forward_cuda(const Tensor& emb, const Tensor& labels, const Tensor& acc, const Tensor& counts,
                   const Tensor& means, const Tensor& regions, const Tensor& status,

@@ -8,6 +8,7 @@
 #include "region_pool.h"
 
 namespace fussfast::region_pool {
+FF_ISA_BEGIN
 namespace {
 
 // Region index per pixel (K for ignored and invalid labels); counts pixels per class and returns
@@ -165,4 +166,5 @@ void backward_cpu(const Tensor& grad_means, const Tensor& acc, const Tensor& cou
   });
 }
 
+FF_ISA_END
 }  // namespace fussfast::region_pool

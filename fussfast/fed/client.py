@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 
@@ -10,7 +11,7 @@ from fussfast.fed.checkpoint import flatten, under, unflatten
 from fussfast.fed.strategy import Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
-from fussfast.features import FeatureSet
+from fussfast.features import FeatureSet, LazyFeatureSet
 from fussfast.tasks import LocalModel
 
 
@@ -19,20 +20,47 @@ class Client:
     ``local_steps`` steps with the strategy's client terms, and returns the shared arrays as an
     ``Update``. ``distill_weight`` adds a global→local distillation term between the
     representations (codes, or the supervised head's embeddings) of the round's starting model
-    (the global arrays plus this client's local ones) and the local ones (``distill``: cosine or kl)."""
+    (the global arrays plus this client's local ones) and the local ones (``distill``: cosine or kl).
 
-    def __init__(self, name: str, data: FeatureSet, model: LocalModel, *, local_steps: int,
-                 batch_size: int, table: torch.Tensor | None = None, distill_weight: float = 0.0,
-                 distill: str = "cosine"):
-        self.name, self.data, self.model = name, data, model
+    For federations of many sites everything is made when first needed: ``model`` may be a
+    function that builds it (``started`` tells whether it has been), ``data`` a ``LazyFeatureSet``
+    that ``fit`` releases again, and the kNN table is computed at the first fit."""
+
+    def __init__(self, name: str, data: FeatureSet | LazyFeatureSet, model: LocalModel | Callable[[], LocalModel],
+                 *, local_steps: int, batch_size: int, table: torch.Tensor | None = None,
+                 distill_weight: float = 0.0, distill: str = "cosine"):
+        self.name, self.data = name, data
+        self._model, self._new_model = (model, None) if isinstance(model, LocalModel) else (None, model)
         self.local_steps, self.batch_size = local_steps, batch_size
-        self.table = knn_table(data.descriptors) if table is None else table
+        self._table = table
         self.distill_weight, self.distill = distill_weight, distill
         self.previous: dict[str, torch.Tensor] | None = None  # head after the last fit (MOON)
 
     @property
+    def model(self) -> LocalModel:
+        if self._model is None:
+            self._model = self._new_model()
+        return self._model
+
+    def scoring_model(self) -> LocalModel:
+        """The model, or before it exists a fresh one that is not kept (scoring every site of a
+        large federation builds no lasting model for the sites never sampled)."""
+        return self._model if self._model is not None else self._new_model()
+
+    @property
+    def started(self) -> bool:
+        """Whether this client's model exists (it has been fit, scored or restored)."""
+        return self._model is not None
+
+    @property
+    def table(self) -> torch.Tensor:
+        if self._table is None:  # [N, KNN_WIDTH] indices: small, kept
+            self._table = knn_table(self.data.get().descriptors)
+        return self._table
+
+    @property
     def num_samples(self) -> int:
-        return self.data.features.shape[0]
+        return len(self.data)
 
     def fit(self, global_arrays: dict[str, torch.Tensor], strategy: Strategy, generator: torch.Generator) -> Update:
         self.model.load_arrays(strategy.shared(global_arrays))
@@ -58,8 +86,11 @@ class Client:
             return total
 
         extra.needs_code = reference is not None  # the step may skip codes no loss reads
-        losses = self.model.train_steps(self.data, self.table, self.local_steps, self.batch_size, generator,
-                                        extra=extra)
+        try:
+            losses = self.model.train_steps(self.data.get(), self.table, self.local_steps, self.batch_size,
+                                            generator, extra=extra)
+        finally:
+            self.data.release()
         if strategy.code_terms:
             self.previous = {k: v.detach().clone() for k, v in head.state_dict().items()}
         return Update(self.name, strategy.shared(self.model.arrays()), self.num_samples,

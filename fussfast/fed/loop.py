@@ -110,39 +110,56 @@ class Federation:
             c.model.load_arrays(shared)
         return {name: c.model for name, c in self.clients.items()}
 
+    def _scoring(self, name: str) -> LocalModel:
+        """The model that scores site ``name`` (global arrays loaded); a personalized site never
+        sampled gets a fresh model that is not kept."""
+        if not self.personalized:
+            return self.global_model
+        client = self.clients.get(name) or next(iter(self.clients.values()))  # centralized: the only client
+        model = client.scoring_model()
+        model.load_arrays(self.strategy.shared(self.current))
+        return model
+
     def evaluate(self) -> dict:
-        models = self.models()
-        only = next(iter(models.values())) if len(models) == 1 else None
-        site_scores = {name: (models.get(name) or only).scores(data, self.num_classes)
-                       for name, data in self.sites.items()}
-        per_model = [m.scores(self.shared, self.num_classes) for m in models.values()]
+        """One site at a time: each site's features are read, scored and released."""
+        if not self.personalized:
+            self.global_model.load_arrays(self.current)
+        site_scores = {}
+        for name, data in self.sites.items():
+            site_scores[name] = self._scoring(name).scores(data.get(), self.num_classes)
+            data.release()
+        names = list(self.clients) if self.personalized else ["global"]
+        per_model = [self._scoring(n).scores(self.shared, self.num_classes) for n in names]
         global_scores = {k: sum(s[k] for s in per_model) / len(per_model) for k in ("miou", "acc")}
         return {"global": global_scores, "clients": site_scores}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Clients never sampled have no state yet: only the started ones are saved."""
         tensors = {f"global/{k}": v for k, v in self.current.items()}
-        clients = {name: c.state(f"client/{name}", tensors) for name, c in self.clients.items()}
+        clients = {name: c.state(f"client/{name}", tensors) for name, c in self.clients.items() if c.started}
         tensors["rng/generator"] = self.generator.get_state()
         tensors["rng/torch"] = torch.get_rng_state()
         device = self.global_model.device
         if device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
-        return tensors, {"history": self.history, "clients": clients}
+        return tensors, {"history": self.history, "clients": clients, "sites": list(self.clients)}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Restores ``state()``; a state that does not fit this federation (other clients, arrays
         of other names, shapes or dtypes) raises ``CheckpointError`` and changes nothing."""
-        if set(meta["clients"]) != set(self.clients):
-            raise CheckpointError(f"checkpoint clients {sorted(meta['clients'])} differ from {sorted(self.clients)}")
+        sites = meta.get("sites", list(meta["clients"]))  # older checkpoints saved every client
+        if set(sites) != set(self.clients) or not set(meta["clients"]) <= set(self.clients):
+            raise CheckpointError(f"checkpoint clients {sorted(sites)} differ from {sorted(self.clients)}")
         current = under(tensors, "global/")
         expect_like(current, self.current, "the checkpoint's global arrays")
-        for name, c in self.clients.items():
+        saved = {name: c for name, c in self.clients.items() if name in meta["clients"]}
+        for name, c in saved.items():
             expect_like(under(tensors, f"client/{name}/model/"), c.model.arrays(), f"client {name}'s arrays")
         missing = [k for k in ("rng/generator", "rng/torch") if k not in tensors]
         if missing:
             raise CheckpointError(f"the checkpoint has no {missing}")
         self.server.current = current
-        for name, c in self.clients.items():
+        for name, c in saved.items():
             try:
                 c.load_state(f"client/{name}", tensors, meta["clients"][name])
             except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -49,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config, site, client, strategy = _site_client(context)
     client.model.load_arrays(strategy.shared(to_torch(msg.content["arrays"])))
-    s = client.evaluate(client.data, config.data.num_classes)
+    s = client.evaluate(client.data.get(), config.data.num_classes)
     return Message(content=RecordDict({
         "metrics": MetricRecord({"num-examples": client.num_samples, "miou": s["miou"], "acc": s["acc"]}),
         SITE: ConfigRecord({"name": site})}), reply_to=msg)

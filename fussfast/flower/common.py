@@ -33,7 +33,7 @@ def site_of(context: Context, config: Config) -> str:
     if "partition-id" in node:
         from fussfast.assemble import make_data
 
-        names = list(make_data(config.data, config.seed)[0])
+        names = list(make_data(config.data, config.seed, config.cache_dir)[0])
         return names[int(node["partition-id"]) % len(names)]
     raise ValueError("fussfast ClientApp: start the SuperNode with --node-config 'site=\"<name>\"'")
 

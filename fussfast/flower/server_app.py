@@ -112,10 +112,12 @@ def main(grid: Grid, context: Context) -> None:
         expect_like(current, global_model.arrays(), "the checkpoint's global arrays")
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
+    # fed.clients_per_round: exactly that many nodes (Flower samples max(fraction * nodes, min_train_nodes))
+    fraction, least = (1e-9, fed.clients_per_round) if fed.clients_per_round else (fed.fraction, fed.min_clients)
     flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
                               limits=setup.limits(), rounds=fed.rounds, eval_every=fed.eval_every,
-                              fraction_train=fed.fraction, fraction_evaluate=1.0, min_train_nodes=fed.min_clients,
-                              min_evaluate_nodes=1, min_available_nodes=fed.min_clients)
+                              fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=least,
+                              min_evaluate_nodes=1, min_available_nodes=max(fed.min_clients, least))
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:

@@ -2,11 +2,16 @@
 
 One cache directory per key (dataset, split, backbone, weights digest, resolution, crop,
 precision): ``root/<sha256 of the key>/``. Features are stored in float16 with the images'
-kNN descriptors in float32, ``shard_size`` images per shard. The manifest is rewritten
+kNN descriptors in float32 and, when given, their masks in int16, ``shard_size`` images per shard. The manifest is rewritten
 atomically after every shard, so an interrupted extraction resumes at the first missing shard.
 Each shard's size and sha256 are recorded; a shard that no longer matches (truncated, changed)
 or a manifest for another key is detected and rebuilt, never used. Reading memory-maps the
-shards: no copy until a tensor is touched. No pickle anywhere.
+shards: no copy until a tensor is touched. ``on_disk()`` is the cheap check (manifest and shard
+sizes, no hashing) for deciding, at the start of a run, whether a cache must be built now or can
+be opened later. No pickle anywhere.
+
+``cached_json`` keeps small derived facts (a split's per-image classes) in ``root/json/`` with the
+same habits: keyed on what determines them, written atomically, checked against their digest.
 """
 
 from __future__ import annotations
@@ -16,18 +21,43 @@ import json
 import mmap
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from fussfast._files import file_sha256
 
-FORMAT = 1
-_DTYPES = {"F16": torch.float16, "F32": torch.float32}
+FORMAT = 2  # 2: shards may hold the images' masks
+_DTYPES = {"F16": torch.float16, "F32": torch.float32, "I16": torch.int16}
 
 
 def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _value_sha(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def cached_json(root: str | Path, key: dict, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (a JSON value), kept in ``root/json/<digest of key>.json`` with its key and its
+    sha256. A file for another key, unreadable, or whose value no longer matches its sha256 is
+    recomputed and replaced atomically (a per-process temporary name: Flower's processes share
+    the cache)."""
+    key = json.loads(json.dumps(key))  # tuples become lists, as they read back
+    path = Path(root) / "json" / f"{key_digest(key)}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored["key"] == key and stored["sha256"] == _value_sha(stored["value"]):
+            return stored["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = json.loads(json.dumps(compute()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "sha256": _value_sha(value), "value": value}))
+    os.replace(tmp, path)
+    return value
 
 
 def files_digest(paths: Sequence[Path], memo: Path) -> str:
@@ -60,8 +90,9 @@ class FeatureCache:
     """Features of ``num_images`` images for one cache key.
 
     ``ensure(extract)`` builds whatever is missing: ``extract(start, stop)`` must return
-    ``(features [n, C, h, w], descriptors [n, C])`` for images ``start..stop``. ``features()``
-    and ``descriptors()`` then return the whole cache, memory-mapped.
+    ``(features [n, C, h, w], descriptors [n, C])`` for images ``start..stop``, optionally with
+    ``masks [n, H, W]`` third. ``features()``, ``descriptors()`` and ``masks()`` then return the
+    whole cache, memory-mapped (``masks()`` as int64, a copy); ``close()`` drops the maps.
     """
 
     def __init__(self, root: str | Path, key: dict, num_images: int, *, shard_size: int = 256):
@@ -71,6 +102,7 @@ class FeatureCache:
         self.dir = Path(root) / key_digest(self.key)
         self.manifest_path = self.dir / "manifest.json"
         self._maps: list[tuple[mmap.mmap, dict]] = []
+        self._verified = False  # ensure() has just checked every shard's digest
 
     @property
     def num_shards(self) -> int:
@@ -100,11 +132,21 @@ class FeatureCache:
             return False
         return file_sha256(path) == entry["sha256"]
 
+    def on_disk(self) -> bool:
+        """Whether every shard is recorded and has its recorded size (no hashing: ``ensure`` and the
+        first read still verify every shard's sha256)."""
+        manifest = self._read_manifest()
+        for i in range(self.num_shards):
+            entry, path = manifest["shards"].get(str(i)), self._shard_path(i)
+            if entry is None or not path.is_file() or path.stat().st_size != entry["bytes"]:
+                return False
+        return True
+
     def missing_shards(self) -> list[int]:
         manifest = self._read_manifest()
         return [i for i in range(self.num_shards) if not self._valid(manifest, i)]
 
-    def ensure(self, extract: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+    def ensure(self, extract: Callable[[int, int], tuple[torch.Tensor, ...]],
                progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> None:
         """Extracts every missing or invalid shard (``progress`` may wrap the shard list, e.g. tqdm)."""
         from safetensors.torch import save_file
@@ -114,20 +156,24 @@ class FeatureCache:
         todo = [i for i in range(self.num_shards) if not self._valid(manifest, i)]
         for i in progress(todo) if progress else todo:
             start, stop = i * self.shard_size, min(self.num_images, (i + 1) * self.shard_size)
-            feats, desc = extract(start, stop)
-            if feats.shape[0] != stop - start or desc.shape[0] != stop - start:
+            feats, desc, *masks = extract(start, stop)
+            if any(t.shape[0] != stop - start for t in (feats, desc, *masks)):
                 raise ValueError(f"FeatureCache: extract({start}, {stop}) returned {feats.shape[0]} images")
+            tensors = {"features": feats.detach().to("cpu", torch.float16).contiguous(),
+                       "descriptors": desc.detach().to("cpu", torch.float32).contiguous()}
+            if masks:  # class ids and -1 (ignore) fit int16: 4x smaller than int64
+                tensors["masks"] = masks[0].to("cpu", torch.int16).contiguous()
             path = self._shard_path(i)
             tmp = path.with_suffix(".tmp")
-            save_file({"features": feats.detach().to("cpu", torch.float16).contiguous(),
-                       "descriptors": desc.detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+            save_file(tensors, str(tmp))
             os.replace(tmp, path)
             manifest["shards"][str(i)] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             self._write_manifest(manifest)
+        self._verified = True
 
     def _open(self) -> list[tuple[mmap.mmap, dict]]:
         if not self._maps:
-            missing = self.missing_shards()
+            missing = [] if self._verified else self.missing_shards()
             if missing:
                 raise RuntimeError(f"FeatureCache: shards {missing[:5]} of {self.dir} are missing or "
                                    "corrupt; call ensure() to rebuild them")
@@ -156,3 +202,11 @@ class FeatureCache:
 
     def descriptors(self) -> torch.Tensor:
         return self._tensor("descriptors")
+
+    def masks(self) -> torch.Tensor:
+        """``[N, H, W]`` int64, -1: ignore (a KeyError if the cache was built without masks)."""
+        return self._tensor("masks").long()
+
+    def close(self) -> None:
+        """Drops this object's maps; tensors returned earlier keep theirs alive until freed."""
+        self._maps = []

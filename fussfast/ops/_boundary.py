@@ -90,9 +90,10 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> torch.device:
     return device
 
 
-def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
+def point_set(op: str, points, k, metric: str, finite: bool = True) -> tuple[torch.Tensor, int]:
     """Validates the [M, D] points, k and metric of a clustering op (kmeans, maximin). Returns the
-    points upcast (their kernels take float32/float64 only) and contiguous, and k."""
+    points upcast (their kernels take float32/float64 only) and contiguous, and k. ``finite=False``:
+    the caller checks for NaN/Inf itself."""
     if not isinstance(points, torch.Tensor):
         raise TypeError(f"{op}: points must be a torch.Tensor, got {type(points).__name__}")
     check_dtype(op, "points", points, FLOAT_DTYPES)
@@ -105,7 +106,7 @@ def point_set(op: str, points, k, metric: str) -> tuple[torch.Tensor, int]:
     if metric not in METRICS:
         raise ValueError(f"{op}: metric must be one of {METRICS}, got {metric!r}")
     x = kernel_input(upcast(points))
-    if not torch.isfinite(x).all():
+    if finite and not torch.isfinite(x).all():
         raise ValueError(f"{op}: points contain NaN or Inf")
     return x, k
 

@@ -45,10 +45,14 @@ def cluster_assign(
         loss, probs = reference.cluster_assign(z, centroids.to(z.dtype), alpha=alpha, reduction=reduction)
         return loss.to(codes.dtype), probs.to(codes.dtype)
     B, _, H, W = codes.shape
-    z = bnd.l2_normalize(codes.to(bnd.kernel_dtype(codes)).flatten(2))
+    z = codes.to(bnd.kernel_dtype(codes)).flatten(2)
+    # The CPU kernel normalizes the codes itself (value and gradient, one pass over a cached tile).
+    in_kernel = z.device.type == "cpu" and _C.cpu_tensors_run_cpu_kernels
+    if not in_kernel:
+        z = bnd.l2_normalize(z)
     c = bnd.l2_normalize(centroids.to(z.dtype))
     probs = torch.empty(B, c.shape[0], H * W, dtype=z.dtype, device=codes.device)
-    totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs)  # alpha < 0: hard
+    totals = _ClusterAssign.apply(z, c, -1.0 if alpha is None else alpha, probs, in_kernel)  # alpha < 0: hard
     per_image = (-totals / (H * W)).to(codes.dtype)
     probs = probs.view(B, c.shape[0], H, W).to(codes.dtype)
     if reduction == "mean":
@@ -68,7 +72,7 @@ def cluster_labels(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor
         # Scaling a pixel's code does not move its argmax, so only the centroids are normalized.
         z = bnd.kernel_input(codes.to(bnd.kernel_dtype(codes))).flatten(2)
         c = bnd.kernel_input(bnd.l2_normalize(centroids.to(z.dtype)))
-        _C.cluster_forward(z, c, -1.0, None, labels, None, None, None, bnd.stream_handle(z.device))
+        _C.cluster_forward(z, c, -1.0, None, labels, None, None, None, False, bnd.stream_handle(z.device))
     return labels.view(B, H, W)
 
 
@@ -76,14 +80,15 @@ class _ClusterAssign(torch.autograd.Function):
     """Per-image sums of sum_k probs * inner; fills probs; gradients come out of the forward."""
 
     @staticmethod
-    def forward(ctx, z, c, alpha, probs):
+    def forward(ctx, z, c, alpha, probs, normalize_codes):
         z, c = bnd.kernel_input(z), bnd.kernel_input(c)
         acc = bnd.accumulation_dtype(z.dtype)
         B, K, D = z.shape[0], c.shape[0], c.shape[1]
         totals = torch.zeros(B, dtype=acc, device=z.device)
         gz = torch.empty(z.shape, dtype=acc, device=z.device) if ctx.needs_input_grad[0] else None
         gc = torch.zeros(B, K, D, dtype=acc, device=z.device) if ctx.needs_input_grad[1] else None
-        _C.cluster_forward(z, c, float(alpha), probs, None, totals, gz, gc, bnd.stream_handle(z.device))
+        _C.cluster_forward(z, c, float(alpha), probs, None, totals, gz, gc, normalize_codes,
+                           bnd.stream_handle(z.device))
         ctx.save_for_backward(gz, gc)
         ctx.dtypes = (z.dtype, c.dtype)
         return totals
@@ -95,7 +100,7 @@ class _ClusterAssign(torch.autograd.Function):
         w = grad_totals[:, None, None]
         grad_z = None if gz is None else (gz * w).to(ctx.dtypes[0])
         grad_c = None if gc is None else (gc * w).sum(0).to(ctx.dtypes[1])
-        return grad_z, grad_c, None, None
+        return grad_z, grad_c, None, None, None
 
 
 def _check_inputs(codes, centroids, alpha):

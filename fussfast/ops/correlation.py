@@ -45,7 +45,8 @@ def correlation_loss(
             pointwise global mean, exactly like one call per group. Default 1: the whole batch.
         backend: ``"fused"`` or ``"reference"`` (the STEGO formulation in plain torch).
 
-    Float16/bfloat16 inputs are computed in float32 on the CPU; the loss has the codes' dtype.
+    On the CPU, float16/bfloat16 features are read as they are (products accumulate in float32)
+    and 16-bit codes are computed in float32; the loss has the codes' dtype.
     """
     bnd.check_backend(OP, backend)
     bnd.check_reduction(OP, reduction)
@@ -68,8 +69,8 @@ def correlation_loss(
 def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
     dtype = bnd.kernel_dtype(codes1)
     acc = bnd.accumulation_dtype(dtype)
-    f1 = bnd.kernel_input(feats1.to(dtype)).flatten(2)
-    f2 = bnd.kernel_input(feats2.to(dtype)).flatten(2)
+    f1 = bnd.kernel_input(_feature_input(feats1, dtype, acc)).flatten(2)
+    f2 = bnd.kernel_input(_feature_input(feats2, dtype, acc)).flatten(2)
     B, C, P = f1.shape
     Q = f2.shape[2]
     stats = [f1.new_empty(B, P, dtype=acc), f1.new_empty(B, Q, dtype=acc), f1.new_empty(B, P, dtype=acc),
@@ -81,6 +82,15 @@ def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
     z1, z2 = bnd.l2_normalize(codes1.to(dtype).flatten(2)), bnd.l2_normalize(codes2.to(dtype).flatten(2))
     sums = _Correlation.apply(z1, z2, f1, f2, stats, bias.contiguous(), lo, hi)
     return sums / (P * Q)
+
+
+def _feature_input(feats, dtype, acc):
+    """The CPU kernel reads 16-bit features as they are beside float32 codes (half the memory
+    traffic; bfloat16 products on vdpbf16ps where the CPU has it); otherwise the codes' dtype."""
+    cpu_kernel = feats.device.type == "cpu" and _C.cpu_tensors_run_cpu_kernels
+    if cpu_kernel and acc == torch.float32 and feats.dtype in (torch.float16, torch.bfloat16):
+        return feats
+    return feats.to(dtype)
 
 
 class _Correlation(torch.autograd.Function):
