@@ -23,7 +23,7 @@ from fussfast.fed.client import Client
 from fussfast.fed.loop import Federation
 from fussfast.fed.strategy import Strategy, strategy_from_config
 from fussfast.losses import CorrespondenceConfig, RegionContrast
-from fussfast.model import FrozenBackbone, knn_table, resolve_precision
+from fussfast.model import FrozenBackbone, knn_table, resolve_head_precision, resolve_precision
 from fussfast.model.cache import cached_json, files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
 
@@ -100,11 +100,16 @@ class Setup:
     config: Config
     device: torch.device
     precision: str  # the backbone's, "auto" resolved
+    head_precision: str  # the head's products, "auto" resolved
     train: dict[str, LazyFeatureSet]  # per site, read when first used
     shared: FeatureSet  # the shared evaluation set
     evaluation: object  # its dataset (for sample images)
     feature_dim: int
     seconds: float  # feature extraction (cache reads when warm)
+
+    @property
+    def head_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.head_precision == "bf16" else None
 
     def new_model(self) -> LocalModel:
         c, t, loss = self.config, self.config.train, self.config.loss
@@ -114,11 +119,11 @@ class Setup:
                                       backend=t.backend)
             return SupervisedModel(self.feature_dim, c.data.num_classes, embed_dim=c.model.embed_dim,
                                    objective=loss.objective, contrast=contrast, lr=t.head_lr, backend=t.backend,
-                                   device=self.device)
+                                   head_dtype=self.head_dtype, device=self.device)
         correspondence = CorrespondenceConfig.preset(loss.preset, feature_samples=loss.feature_samples)
         return SiteModel(self.feature_dim, c.model.code_dim, c.data.num_classes, loss=correspondence,
                          num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
-                         backend=t.backend, device=self.device)
+                         backend=t.backend, head_dtype=self.head_dtype, device=self.device)
 
     def site_model(self, name: str) -> LocalModel:
         """Site ``name``'s initial model, seeded by the config's seed and the name: the same
@@ -235,7 +240,8 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
             known[classes] = True
             train[name].labelled = known.expand(len(datasets[name]), -1)
     shared = features("eval", evaluation, lazy=False)
-    return Setup(config, device, precision, train, shared, evaluation, shared.features.shape[1],
+    head_precision = resolve_head_precision(model.head_precision, device)
+    return Setup(config, device, precision, head_precision, train, shared, evaluation, shared.features.shape[1],
                  time.perf_counter() - t0)
 
 

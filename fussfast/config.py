@@ -68,6 +68,8 @@ class ModelConfig:
     weights: str = key("random", "random, timm (downloads), or a local weights file")
     precision: str = key("auto", "backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, "
                                  "else fp32", choices=("auto", *PRECISIONS))
+    head_precision: str = key("auto", "the head's products; auto: bf16 on CPUs with native bf16, else fp32 "
+                                      "(parameters stay fp32)", choices=("auto", "fp32", "bf16"))
     code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1, at_most=MAX_CHANNELS)
     embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1,
                           at_most=MAX_CHANNELS)

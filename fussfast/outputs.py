@@ -27,13 +27,16 @@ RESUMABLE_CHANGES = ("fed.rounds", "cache_dir")
 
 
 class RunDir:
-    """``path`` of a run of ``config`` on ``device`` with the backbone in ``precision``; ``shared``
+    """``path`` of a run of ``config`` on ``device`` with the backbone in ``precision`` and the
+    head's products in ``head_precision``; ``shared``
     is the evaluation set (for the majority-class baseline), ``features_s`` the feature
     extraction time."""
 
     def __init__(self, path: str | Path, config: Config, device: torch.device, shared: FeatureSet,
-                 features_s: float, started: float | None = None, *, precision: str | None = None):
+                 features_s: float, started: float | None = None, *, precision: str | None = None,
+                 head_precision: str | None = None):
         self.path, self.config, self.device, self.precision = Path(path), config, device, precision
+        self.head_precision = head_precision
         with _writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
         self.baseline = majority_baseline(shared, config.data.num_classes)
@@ -73,6 +76,7 @@ class RunDir:
                          "python": platform.python_version()},
             "device": str(self.device),
             "precision": self.precision,
+            "head_precision": self.head_precision,
             "baseline": {"majority": self.baseline},
             "rounds": rounds,
             "completed_rounds": len(rounds),

@@ -20,7 +20,8 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False) -> dict:
     if resume:
         check_resumable(config, out_dir)  # before the (slow) feature extraction
     setup = prepare(config)
-    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision)
+    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision,
+                     head_precision=setup.head_precision)
 
     def after_round(federation):
         tensors, state = federation.state()

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fussfast.config import ConfigError, load_config
+from fussfast.model import resolve_head_precision
 from fussfast.run import run
 
 SMALL = ["data.sites=2", "data.images_per_site=16", "data.eval_images=12", "data.image_size=48",
@@ -34,6 +35,7 @@ def test_centralized_beats_majority_and_writes_metrics(centralized):
     assert saved["final"]["global"]["miou"] > saved["baseline"]["majority"]["miou"] + 15
     assert saved["versions"]["fussfast"] and saved["config"]["fed"]["strategy"] == "centralized"
     assert saved["precision"] == "fp32"  # the backbone's precision, as resolved
+    assert saved["head_precision"] == resolve_head_precision("auto", "cpu")
 
 
 def test_loss_decreases(centralized):

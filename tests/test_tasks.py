@@ -117,3 +117,60 @@ def test_head_trunk_and_embed_rows_are_forward():
     rows_logits, h = head.trunk_rows(x.permute(0, 2, 3, 1))
     torch.testing.assert_close(rows_logits, logits.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(head.embed_rows(h), embed.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: SegmentationHead(C, D), lambda: SupervisedHead(C, 5, 16)],
+                         ids=["unsupervised", "supervised"])
+def test_bf16_head_products_match_float64(make):
+    """compute_dtype bf16: outputs and parameter gradients in float32, within bf16 rounding of
+    the float64 head; the channels-last rows agree with forward."""
+    torch.manual_seed(0)
+    head = make().eval()
+    exact = make().eval().double()
+    exact.load_state_dict(head.state_dict())
+    head.compute_dtype = torch.bfloat16
+    x = torch.randn(3, C, 5, 6)
+
+    def outputs(h, feats):
+        out = h(feats)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    got, want = outputs(head, x), outputs(exact, x.double())
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=0, atol=0.03 * w.abs().max().item())
+    sum(o.square().sum() for o in got).backward()
+    sum(o.square().sum() for o in want).backward()
+    for (name, p), q in zip(head.named_parameters(), exact.parameters()):
+        assert p.grad.dtype == torch.float32, name
+        # relative to the whole gradient: single entries of the trunk's gradient sum two paths that cancel
+        assert (p.grad.double() - q.grad).norm() <= 0.05 * q.grad.norm(), name
+    rows = x.permute(0, 2, 3, 1).to(head.input_dtype)
+    with torch.no_grad():
+        if isinstance(head, SegmentationHead):
+            torch.testing.assert_close(head.rows(rows), got[0].detach().permute(0, 2, 3, 1), rtol=1e-2, atol=1e-2)
+        else:
+            logits, h = head.trunk_rows(rows)
+            torch.testing.assert_close(logits, got[0].detach().permute(0, 2, 3, 1), rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(head.embed_rows(h), got[1].detach().permute(0, 2, 3, 1), rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_head_fused_steps_train_like_float32():
+    """A bf16 head's fused steps follow the float32 ones (same draws) within bf16 rounding."""
+    model, data, table = site("fused", torch.float32)
+    ref, _, _ = site("fused", torch.float32)
+    model.head.compute_dtype = torch.bfloat16
+    torch.manual_seed(2)
+    losses = model.train_steps(data, table, 4, 6, torch.Generator().manual_seed(3))
+    torch.manual_seed(2)
+    ref_losses = ref.train_steps(data, table, 4, 6, torch.Generator().manual_seed(3))
+    assert all(p.dtype == torch.float32 for p in model.head.parameters())
+    assert losses == pytest.approx(ref_losses, rel=0.05, abs=0.01)
+    assert losses != ref_losses  # the products did run in bf16
+
+
+def test_head_precision_auto():
+    from fussfast.model.backbone import native_bf16_cpu, resolve_head_precision
+    assert resolve_head_precision("auto", "cuda") == "fp32"
+    assert resolve_head_precision("auto", "cpu") == ("bf16" if native_bf16_cpu() else "fp32")
+    assert resolve_head_precision("fp32", "cpu") == "fp32" and resolve_head_precision("bf16", "cuda") == "bf16"

@@ -103,7 +103,8 @@ def main(grid: Grid, context: Context) -> None:
     if resume:
         check_resumable(config, out_dir)
     setup = prepare(config, sites=[])  # the server holds only the shared evaluation set
-    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision)
+    outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision,
+                     head_precision=setup.head_precision)
     global_model = setup.new_model()
     current, history = global_model.arrays(), []
     if resume:

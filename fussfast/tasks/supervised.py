@@ -30,12 +30,13 @@ class SupervisedModel(LocalModel):
 
     def __init__(self, feat_dim: int, num_classes: int, *, embed_dim: int = 256, objective: str = "backce+contrast",
                  contrast: RegionContrast | None = None, lr: float = 5e-4, backend: str = "fused",
-                 device: torch.device | str = "cpu"):
+                 head_dtype: torch.dtype | None = None, device: torch.device | str = "cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"SupervisedModel: objective must be one of {OBJECTIVES}, got {objective!r}")
         self.device = torch.device(device)
         self.num_classes, self.objective, self.backend = num_classes, objective, backend
         self.head = SupervisedHead(feat_dim, num_classes, embed_dim).to(self.device)
+        self.head.compute_dtype = head_dtype  # None: fp32 products; bfloat16: see HeadPrecision
         self.contrast = None
         if objective == "backce+contrast":
             self.contrast = contrast or RegionContrast(num_classes, backend=backend)
@@ -74,7 +75,7 @@ class SupervisedModel(LocalModel):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
             target = labels[idx].to(self.device)
             if sparse:
-                x = channels_last(data.features[idx], self.device, self.head.lin.weight.dtype)
+                x = channels_last(data.features[idx], self.device, self.head.input_dtype)
                 mask = self.head.channel_mask(len(idx), self.device)
                 logits, h = self.head.trunk_rows(x, None if mask is None else mask[:, None, None])
                 logits = logits.permute(0, 3, 1, 2).contiguous()  # NCHW before the upsampling

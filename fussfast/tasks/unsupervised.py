@@ -18,9 +18,11 @@ class SiteModel(LocalModel):
 
     def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
                  num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
-                 backend: str = "fused", device: torch.device | str = "cpu"):
+                 backend: str = "fused", head_dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.head = SegmentationHead(feat_dim, code_dim).to(self.device)
+        self.head.compute_dtype = head_dtype  # None: fp32 products; bfloat16: see HeadPrecision
         self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
         self.loss = CorrespondenceLoss(loss, backend=backend)
         self.num_neighbors = num_neighbors
@@ -81,7 +83,7 @@ class SiteModel(LocalModel):
         the positives' pixels the sampled points read, the sampling fused (bilinear_sample).
         Same random draws, in the same order, as the NCHW path; returns NCHW views."""
         B = len(idx)
-        x = channels_last(features[torch.cat([idx, pos])], self.device, self.head.lin.weight.dtype)  # [2B, H, W, C]
+        x = channels_last(features[torch.cat([idx, pos])], self.device, self.head.input_dtype)  # [2B, H, W, C]
         _, H, W, C = x.shape
         masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
         code = self.head.rows(x[:B], None if masks[0] is None else masks[0][:, None, None])
