@@ -132,6 +132,44 @@ def test_reduced_precision(device, dtype, tol):
     torch.testing.assert_close(g.double(), g64, rtol=tol, atol=tol * g64.abs().max().item())
 
 
+def as_channels_last(maps):
+    """The same values, laid out [B, H, W, C] in memory (as sampled features come)."""
+    return maps.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("bf16", [None, "amx", "avx512bf16", "widen"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_channels_last_features(device, dtype, bf16, pointwise):
+    """Feature maps that lie channels-last in memory (the CPU kernel reads them in place, on
+    every ISA path and, for bfloat16, every way of multiplying) give the float64 reference's
+    loss and code gradients on the same values; odd C, P != Q. Codes are float64 with float64
+    features, else float32."""
+    if bf16 is not None and (dtype != torch.bfloat16 or device.type != "cpu"):
+        pytest.skip("the bfloat16 methods only matter for bfloat16 features on the CPU")
+    if bf16 is not None and (bf16 not in _C.cpu_bf16_methods() or _C.cpu_isa() != "avx512"):
+        pytest.skip(f"{bf16} does not run here (CPU ISA {_C.cpu_isa()}, methods {_C.cpu_bf16_methods()})")
+    f1, f2, c1, c2, shift = make_inputs(3, 131, 9, (11, 11), (7, 13), device)
+    f1, f2 = (as_channels_last(f.to(dtype)) for f in (f1, f2))
+    assert not f1.is_contiguous() and f1.is_contiguous(memory_format=torch.channels_last)
+    codes = [c.to(torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_() for c in (c1, c2)]
+    previous = _C.cpu_bf16() if bf16 else None
+    if bf16:
+        _C.set_cpu_bf16(bf16)
+    try:
+        loss = correlation_loss(f1, f2, *codes, shift, pointwise=pointwise, reduction="none")
+        grads = torch.autograd.grad(loss.sum(), codes)
+    finally:
+        if bf16:
+            _C.set_cpu_bf16(previous)
+    exact = [c.detach().double().requires_grad_() for c in codes]
+    want = correlation_loss_reference(f1.double(), f2.double(), *exact, shift, pointwise=pointwise, reduction="none")
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss.double(), want, **tol)
+    for got, ref in zip(grads, torch.autograd.grad(want.sum(), exact)):
+        torch.testing.assert_close(got.double(), ref, **tol)
+
+
 @pytest.mark.parametrize("pointwise,zero_clamp,stabilize", [(True, True, False), (False, False, True)])
 def test_gradcheck(device, pointwise, zero_clamp, stabilize):
     f1, f2, c1, c2, shift = make_inputs(2, 5, 4, (3, 2), (2, 3), device)

@@ -7,6 +7,7 @@
 // copies are added in thread order: results do not depend on timing.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -36,11 +37,30 @@ double weighted_sum(const T* x, const A* w, int64_t n) {
   return s;
 }
 
+// sum_i x[i]^2 in double, in 8 interleaved partial sums added in order.
+template <class T>
+double sum_squares(const T* x, int64_t n) {
+  constexpr int kParts = 8;
+  double part[kParts] = {};
+  int64_t i = 0;
+  for (; i + kParts <= n; i += kParts)
+    for (int j = 0; j < kParts; ++j) {
+      const double v = load(x + i + j);
+      part[j] += v * v;
+    }
+  double s = 0;
+  for (int j = 0; j < kParts; ++j) s += part[j];
+  for (; i < n; ++i) s += double(load(x + i)) * double(load(x + i));
+  return s;
+}
+
 // T: the features' storage type; A: the accumulation type, which codes, statistics and
 // gradients use (16-bit features are read as they are, never widened in memory).
+// channels_last: a pair's map is [n, C] (each position's channels contiguous), else [C, n].
 template <class T, class A>
-void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool pointwise) {
-  const int64_t B = f1t.size(0), C = f1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
+void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool pointwise, bool channels_last) {
+  const int64_t B = f1t.size(0), C = channels_last ? f1t.size(f1t.ndim - 1) : f1t.size(1);
+  const int64_t P = f1t.numel() / (B * C), Q = f2t.numel() / (B * C);
   ParallelErrors errors;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) errors.guard([&] {
@@ -51,8 +71,12 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
     A* off1 = st.off1.ptr<A>() + b * P;
     A* m1 = st.centre.ptr<A>() + b * 2 * C;
     A* m2 = m1 + C;
-    // sums of squares over channels, walking each channel row contiguously
+    // sums of squares over channels, walking the map in memory order
     auto inverse_norms = [&](const T* f, int64_t n, A* inv) {
+      if (channels_last) {
+        for (int64_t i = 0; i < n; ++i) inv[i] = A(inverse_norm(sum_squares(f + i * C, C)));
+        return;
+      }
       std::vector<double> sq(n, 0.0);
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = 0; i < n; ++i) {
@@ -61,18 +85,31 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
         }
       for (int64_t i = 0; i < n; ++i) inv[i] = A(inverse_norm(sq[i]));
     };
+    // m[c] = mean_i f[c, i] inv[i]
+    auto centre = [&](const T* f, int64_t n, const A* inv, A* m) {
+      if (!channels_last) {
+        for (int64_t c = 0; c < C; ++c) m[c] = A(weighted_sum(f + c * n, inv, n) / n);
+        return;
+      }
+      std::vector<double> sum(C, 0.0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) sum[c] += double(load(f + i * C + c)) * double(inv[i]);
+      for (int64_t c = 0; c < C; ++c) m[c] = A(sum[c] / n);
+    };
     inverse_norms(f1, P, inv1);
     inverse_norms(f2, Q, inv2);
     double mean = 0;
     std::fill(off1, off1 + P, A(0));
     if (pointwise) {
-      for (int64_t c = 0; c < C; ++c) {
-        m1[c] = A(weighted_sum(f1 + c * P, inv1, P) / P);
-        m2[c] = A(weighted_sum(f2 + c * Q, inv2, Q) / Q);
-        mean += double(m1[c]) * m2[c];
+      centre(f1, P, inv1, m1);
+      centre(f2, Q, inv2, m2);
+      for (int64_t c = 0; c < C; ++c) mean += double(m1[c]) * m2[c];
+      if (channels_last) {
+        for (int64_t p = 0; p < P; ++p) off1[p] = A(weighted_sum(f1 + p * C, m2, C));
+      } else {
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t p = 0; p < P; ++p) off1[p] += A(load(f1 + c * P + p)) * m2[c];
       }
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t p = 0; p < P; ++p) off1[p] += A(load(f1 + c * P + p)) * m2[c];
       for (int64_t p = 0; p < P; ++p) off1[p] *= inv1[p];
     }
     st.pair_mean.ptr<A>()[b] = A(mean);
@@ -82,20 +119,22 @@ void stats_impl(const Tensor& f1t, const Tensor& f2t, const Stats& st, bool poin
 
 // The feature and code products of one task against the q-blocks of its pair. float: the pair's
 // f2/z2 are packed once per thread and pair, the task's f1/z1 tile once; float64: strided products.
+// Feature (channel, position) of a pair's map is at channel * s_c + position * s_p.
 template <class T, class A>
 struct Products {
   int64_t C, D, P, Q;
+  int64_t s_p, s_c1, s_c2;  // position stride; channel strides of f1 and f2
   cpu::Packed f1p, z1p, f2p, z2p;
   int64_t packed_pair = -1;
 
   void start(const T* f1b, const A* z1b, const T* f2b, const A* z2b, int64_t b, int64_t tp) {
     if constexpr (std::is_same_v<A, float>) {
       if (b != packed_pair) {
-        cpu::pack_b(f2b, Q, C, Q, 1, f2p);
+        cpu::pack_b(f2b, Q, C, s_c2, s_p, f2p);
         cpu::pack_b(z2b, Q, D, Q, 1, z2p);
         packed_pair = b;
       }
-      cpu::pack_a(f1b, tp, C, 1, P, f1p);
+      cpu::pack_a(f1b, tp, C, s_p, s_c1, f1p);
       cpu::pack_a(z1b, tp, D, 1, P, z1p);
     }
   }
@@ -105,20 +144,71 @@ struct Products {
       cpu::gemm(f1p, f2p, q0, tq, F, kTileQ, false);
       cpu::gemm(z1p, z2p, q0, tq, S, kTileQ, false);
     } else {
-      cpu::gemm({tp, tq, C, 1, P, Q, 1, kTileQ, false}, f1b, f2b + q0, F);
+      cpu::gemm({tp, tq, C, s_p, s_c1, s_c2, s_p, kTileQ, false}, f1b, f2b + q0 * s_p, F);
       cpu::gemm({tp, tq, D, 1, P, Q, 1, kTileQ, false}, z1b, z2b + q0, S);
     }
+  }
+};
+
+// Raw codes z [D, n] of one pair -> y = z / max(|z|, eps) per position; inv gets 1 / max(|z|, eps)
+// and sq |z|^2 (both [n]). Walks each code row contiguously.
+template <class A>
+void normalize_columns(const A* z, int64_t D, int64_t n, A* y, A* inv, A* sq) {
+  std::fill(sq, sq + n, A(0));
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = 0; i < n; ++i) sq[i] += z[d * n + i] * z[d * n + i];
+  for (int64_t i = 0; i < n; ++i) inv[i] = A(1) / std::max(std::sqrt(sq[i]), A(kNormEps));
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = 0; i < n; ++i) y[d * n + i] = z[d * n + i] * inv[i];
+}
+
+// g [D, n], the gradient with respect to y = z / max(|z|, eps), becomes in place the gradient with
+// respect to z: (g - y (y . g)) / |z|, and g / eps where the norm is clamped (as F.normalize).
+template <class A>
+void through_normalization(A* g, const A* y, int64_t D, int64_t n, const A* inv, const A* sq) {
+  std::vector<A> dot(n, A(0));
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = 0; i < n; ++i) dot[i] += y[d * n + i] * g[d * n + i];
+  const A eps2 = A(kNormEps) * A(kNormEps);
+  for (int64_t i = 0; i < n; ++i) dot[i] = sq[i] > eps2 ? dot[i] : A(0);
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = 0; i < n; ++i) g[d * n + i] = (g[d * n + i] - y[d * n + i] * dot[i]) * inv[i];
+}
+
+// Raw codes of every pair, normalized once before the products (normalize), with what the
+// gradient's way back through the normalization needs.
+template <class A>
+struct NormalizedCodes {
+  std::vector<A> y, inv, sq;
+  NormalizedCodes(const A* z, int64_t B, int64_t D, int64_t n) : y(B * D * n), inv(B * n), sq(B * n) {
+    ParallelErrors errors;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; ++b)
+      errors.guard([&] { normalize_columns(z + b * D * n, D, n, &y[b * D * n], &inv[b * n], &sq[b * n]); });
+    errors.rethrow();
+  }
+  void backward(A* g, int64_t b, int64_t D, int64_t n) const {
+    through_normalization(g + b * D * n, &y[b * D * n], D, n, &inv[b * n], &sq[b * n]);
   }
 };
 
 template <class T, class A>
 void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const Tensor& z2t,
                   const Stats& st, const Tensor& bias_t, const Tensor& loss_t, const Grads* grads,
-                  A lo, A hi) {
-  const int64_t B = f1t.size(0), C = f1t.size(1), D = z1t.size(1), P = f1t.inner(2), Q = f2t.inner(2);
+                  A lo, A hi, bool channels_last, bool normalize) {
+  const int64_t B = f1t.size(0), D = z1t.size(1), P = z1t.inner(2), Q = z2t.inner(2);
   if (B == 0) return;
+  const int64_t C = f1t.numel() / (B * P);
+  const int64_t s_p = channels_last ? C : 1;
   const T *f1 = f1t.ptr<T>(), *f2 = f2t.ptr<T>();
   const A *z1 = z1t.ptr<A>(), *z2 = z2t.ptr<A>();
+  std::optional<NormalizedCodes<A>> y1, y2;
+  if (normalize) {
+    y1.emplace(z1, B, D, P);
+    y2.emplace(z2, B, D, Q);
+    z1 = y1->y.data();
+    z2 = y2->y.data();
+  }
   const A *inv1 = st.inv1.ptr<A>(), *inv2 = st.inv2.ptr<A>(), *off1 = st.off1.ptr<A>();
   const A* bias = bias_t.ptr<A>();
   A* gz1 = grads ? grads->z1.ptr<A>() : nullptr;
@@ -142,11 +232,11 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
   errors.guard([&] {
     const int t = worker_id();
     std::vector<A> F(kTileP * kTileQ), S(kTileP * kTileQ), W(kTileP * kTileQ), column_loss(kTileQ);
-    Products<T, A> products{C, D, P, Q};
+    Products<T, A> products{C, D, P, Q, s_p, channels_last ? 1 : P, channels_last ? 1 : Q};
     for (int64_t task = task_begin(t); task < task_begin(t + 1); ++task) {
       const int64_t b = task / pblocks, p0 = (task % pblocks) * kTileP;
       const int64_t tp = std::min(kTileP, P - p0);
-      const T *f1b = f1 + b * C * P + p0, *f2b = f2 + b * C * Q;
+      const T *f1b = f1 + b * C * P + p0 * s_p, *f2b = f2 + b * C * Q;
       const A *z1b = z1 + b * D * P + p0, *z2b = z2 + b * D * Q;
       const A *inv1b = inv1 + b * P + p0, *off1b = off1 + b * P + p0;
       A* gz2b = grads ? gz2_private.data() + (slot0[t] + b - first_pair(t)) * D * Q : nullptr;
@@ -193,20 +283,27 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
       A* dst = gz2 + b * D * Q;
       for (int64_t i = 0; i < D * Q; ++i) dst[i] += src[i];
     }
+  if (!normalize) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    y1->backward(gz1, b, D, P);
+    y2->backward(gz2, b, D, Q);
+  }
 }
 
 }  // namespace
 
-void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise) {
-  FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss", [&] { stats_impl<scalar_t, acc_t<scalar_t>>(f1, f2, st, pointwise); });
+void stats_cpu(const Tensor& f1, const Tensor& f2, const Stats& st, bool pointwise, bool channels_last) {
+  FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss",
+                    [&] { stats_impl<scalar_t, acc_t<scalar_t>>(f1, f2, st, pointwise, channels_last); });
 }
 
 void forward_cpu(const Tensor& f1, const Tensor& f2, const Tensor& z1, const Tensor& z2,
                  const Stats& st, const Tensor& bias, const Tensor& loss, const Grads* grads,
-                 double lo, double hi) {
+                 double lo, double hi, bool channels_last, bool normalize_codes) {
   FF_DISPATCH_FLOAT(f1.dtype, "correlation_loss", [&] {
     using A = acc_t<scalar_t>;
-    forward_impl<scalar_t, A>(f1, f2, z1, z2, st, bias, loss, grads, A(lo), A(hi));
+    forward_impl<scalar_t, A>(f1, f2, z1, z2, st, bias, loss, grads, A(lo), A(hi), channels_last, normalize_codes);
   });
 }
 

@@ -127,13 +127,13 @@ class CorrespondenceLoss(nn.Module):
         where = torch.cat(where).transpose(1, 2).reshape(index.shape[0], S * S, 2)
         rows = len(index)
 
-        def sample(maps):  # [rows, P, ch] -> [rows, ch, S, S] as the correlation op takes maps
-            return bilinear_sample(maps, where, index).transpose(1, 2).unflatten(2, (S, S))
+        def maps(samples):  # [rows, P, ch] -> [rows, ch, S, S]: channels-last, as the correlation op reads them
+            return samples.transpose(1, 2).unflatten(2, (S, S))
 
-        rights_f, rights_c = sample(feats.detach()), sample(codes)
+        rights_f, rights_c = bilinear_sample(feats.detach(), where, index), bilinear_sample(codes, where, index)
         n = rows // B
-        return self._pairs(rights_f[:B].repeat(n, 1, 1, 1), rights_f, rights_c[:B].repeat(n, 1, 1, 1), rights_c,
-                           B, n - 2)
+        return self._pairs(maps(rights_f[:B].repeat(n, 1, 1)), maps(rights_f), maps(rights_c[:B].repeat(n, 1, 1)),
+                           maps(rights_c), B, n - 2)
 
     def _pairs(self, lefts_f, rights_f, lefts_c, rights_c, B, n_neg) -> CorrespondenceOutput:
         cfg = self.config

@@ -69,42 +69,56 @@ def correlation_loss(
 def _fused(feats1, feats2, codes1, codes2, shift, pointwise, lo, hi, groups):
     dtype = bnd.kernel_dtype(codes1)
     acc = bnd.accumulation_dtype(dtype)
-    f1 = bnd.kernel_input(_feature_input(feats1, dtype, acc)).flatten(2)
-    f2 = bnd.kernel_input(_feature_input(feats2, dtype, acc)).flatten(2)
-    B, C, P = f1.shape
-    Q = f2.shape[2]
+    cpu_kernel = feats1.device.type == "cpu" and _C.cpu_tensors_run_cpu_kernels
+    channels_last = cpu_kernel and _channels_last(feats1, feats2)
+    f1, f2 = (_feature_input(f, dtype, acc, cpu_kernel) for f in (feats1, feats2))
+    if channels_last:  # [B, P, C] as they lie in memory: no transposing copy
+        f1, f2 = (bnd.kernel_input(f.permute(0, 2, 3, 1)).flatten(1, 2) for f in (f1, f2))
+        (B, P, C), Q = f1.shape, f2.shape[1]
+    else:
+        f1, f2 = (bnd.kernel_input(f).flatten(2) for f in (f1, f2))
+        (B, C, P), Q = f1.shape, f2.shape[2]
     stats = [f1.new_empty(B, P, dtype=acc), f1.new_empty(B, Q, dtype=acc), f1.new_empty(B, P, dtype=acc),
              f1.new_empty(B, dtype=acc), f1.new_empty(B, 2, C, dtype=acc)]
-    _C.correlation_stats(f1, f2, *stats, bool(pointwise), bnd.stream_handle(f1.device))
+    _C.correlation_stats(f1, f2, *stats, bool(pointwise), channels_last, bnd.stream_handle(f1.device))
     bias = -shift.to(acc)
     if pointwise:  # the global mean of F, per group of pairs
         bias = bias + stats[3].reshape(groups, -1).mean(1).repeat_interleave(B // groups)
-    z1, z2 = bnd.l2_normalize(codes1.to(dtype).flatten(2)), bnd.l2_normalize(codes2.to(dtype).flatten(2))
-    sums = _Correlation.apply(z1, z2, f1, f2, stats, bias.contiguous(), lo, hi)
+    z1, z2 = codes1.to(dtype).flatten(2), codes2.to(dtype).flatten(2)
+    if not cpu_kernel:  # the CPU kernel normalizes the codes itself, value and gradient
+        z1, z2 = bnd.l2_normalize(z1), bnd.l2_normalize(z2)
+    sums = _Correlation.apply(z1, z2, f1, f2, stats, bias.contiguous(), lo, hi, channels_last, cpu_kernel)
     return sums / (P * Q)
 
 
-def _feature_input(feats, dtype, acc):
+def _channels_last(feats1, feats2) -> bool:
+    """Whether both feature maps lie channels-last in memory (``[B, C, H, W]`` views of
+    ``[B, H, W, C]`` data, as sampled features come), and are not also plain contiguous."""
+    both = all(f.is_contiguous(memory_format=torch.channels_last) for f in (feats1, feats2))
+    return both and not all(f.is_contiguous() for f in (feats1, feats2))
+
+
+def _feature_input(feats, dtype, acc, cpu_kernel):
     """The CPU kernel reads 16-bit features as they are beside float32 codes (half the memory
     traffic; bfloat16 products on vdpbf16ps where the CPU has it); otherwise the codes' dtype."""
-    cpu_kernel = feats.device.type == "cpu" and _C.cpu_tensors_run_cpu_kernels
     if cpu_kernel and acc == torch.float32 and feats.dtype in (torch.float16, torch.bfloat16):
         return feats
     return feats.to(dtype)
 
 
 class _Correlation(torch.autograd.Function):
-    """Per-pair loss sums from normalized codes; the code gradients come out of the forward."""
+    """Per-pair loss sums from the codes (raw when ``normalize_codes``: the kernel normalizes
+    them); the code gradients come out of the forward."""
 
     @staticmethod
-    def forward(ctx, z1, z2, f1, f2, stats, bias, lo, hi):
+    def forward(ctx, z1, z2, f1, f2, stats, bias, lo, hi, channels_last, normalize_codes):
         z1, z2 = bnd.kernel_input(z1), bnd.kernel_input(z2)
         acc = bias.dtype
         loss = torch.zeros(f1.shape[0], dtype=acc, device=f1.device)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         g1 = torch.zeros(z1.shape, dtype=acc, device=z1.device) if need_grad else None
         g2 = torch.zeros(z2.shape, dtype=acc, device=z2.device) if need_grad else None
-        _C.correlation_forward(f1, f2, z1, z2, *stats, bias, loss, g1, g2, lo, hi,
+        _C.correlation_forward(f1, f2, z1, z2, *stats, bias, loss, g1, g2, lo, hi, channels_last, normalize_codes,
                                bnd.stream_handle(f1.device))
         ctx.save_for_backward(g1, g2)
         ctx.code_dtype = z1.dtype
@@ -115,7 +129,7 @@ class _Correlation(torch.autograd.Function):
     def backward(ctx, grad_loss):
         g1, g2 = ctx.saved_tensors
         scale = grad_loss[:, None, None]
-        return (g1 * scale).to(ctx.code_dtype), (g2 * scale).to(ctx.code_dtype), None, None, None, None, None, None
+        return (g1 * scale).to(ctx.code_dtype), (g2 * scale).to(ctx.code_dtype), *[None] * 8
 
 
 def _check_inputs(feats1, feats2, codes1, codes2, shift, groups):
