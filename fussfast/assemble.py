@@ -170,8 +170,10 @@ class Setup:
         """What the server accepts from a site (``fed.Server``)."""
         return {"max_samples": self.config.fed.max_samples, "max_update_ratio": self.config.fed.max_update_ratio}
 
-    def federation(self, after_round=None) -> Federation:
-        """The in-process federation over every site, seeded by the config."""
+    def federation(self, after_round=None, spill_dir: str | Path | None = None) -> Federation:
+        """The in-process federation over every site, seeded by the config; unless
+        ``fed.keep_clients_in_memory``, clients wait in ``spill_dir`` between rounds when only some
+        are sampled (``Federation``)."""
         fed = self.config.fed
         clients = self.clients()
         global_model = self.new_model()  # from the config's seed (prepare)
@@ -180,7 +182,8 @@ class Setup:
                               shared=self.shared, num_classes=self.config.data.num_classes, rounds=fed.rounds,
                               generator=torch.Generator().manual_seed(self.config.seed), min_clients=fed.min_clients,
                               clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round,
-                              limits=self.limits(), eval_every=fed.eval_every)
+                              limits=self.limits(), eval_every=fed.eval_every,
+                              spill_dir=None if fed.keep_clients_in_memory else spill_dir)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

@@ -122,6 +122,9 @@ class FedConfig:
     max_samples: int = key(10_000_000, "a site claiming more samples is left out of the round", at_least=1)
     max_update_ratio: float = key(10.0, "a site whose update moves the model by more than this times its norm "
                                         "is left out", above=0)
+    keep_clients_in_memory: bool = key(False, "keep every started site's model and optimizer state in memory "
+                                              "between rounds (false: spill them to RUN_DIR/spill when sampling a "
+                                              "subset of the sites)")
 
 
 @dataclass(frozen=True)

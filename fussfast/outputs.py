@@ -1,12 +1,13 @@
 """A run directory and everything written into it: ``metrics.json`` (after every round),
-``checkpoint/`` (every completed round), and at the end ``model.safetensors`` and
-``samples.safetensors``. The formats are described in docs/formats.md."""
+``checkpoint/`` (every completed round), ``spill/`` (while the run lasts) and at the end
+``model.safetensors`` and ``samples.safetensors``. The formats are described in docs/formats.md."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from fussfast.features import FeatureSet
 from fussfast.fed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fussfast.tasks import LocalModel, SiteModel
 
-# May differ on --resume: fed.rounds (train on) and the cache's place.
-RESUMABLE_CHANGES = ("fed.rounds", "cache_dir")
+# May differ on --resume: fed.rounds (train on), the cache's place, and where client states wait
+# between rounds (the results are the same).
+RESUMABLE_CHANGES = ("fed.rounds", "cache_dir", "fed.keep_clients_in_memory")
 
 
 class RunDir:
@@ -45,6 +47,18 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
+
+    @property
+    def spill(self) -> Path:
+        """Where the clients not in use wait between rounds (``fed.Federation``'s ``spill_dir``)
+        while the run lasts."""
+        return self.path / "spill"
+
+    def remove_spill(self) -> None:
+        """Removes the spill folder: at the end of a run, and at its start (what a killed run left)."""
+        if self.spill.exists():
+            with _writing(self.spill):
+                shutil.rmtree(self.spill)
 
     def save_round(self, tensors: dict[str, torch.Tensor], state: dict, history: list[dict]) -> dict:
         """Checkpoints the round just completed (``state``: its JSON part), then rewrites metrics.json.

@@ -27,15 +27,19 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False) -> dict:
         tensors, state = federation.state()
         outputs.save_round(tensors, state, federation.history)
 
-    federation = setup.federation(after_round)
-    if resume:
-        federation.load_state(*outputs.load_checkpoint())
-        print(f"resuming {out_dir} after round {len(federation.history)}/{config.fed.rounds}", file=sys.stderr)
+    outputs.remove_spill()  # what a killed run left: the checkpoint, not the spill, is what resumes
+    federation = setup.federation(after_round, spill_dir=outputs.spill)
     try:
-        history = federation.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {out_dir}/checkpoint holds round {len(federation.history)}. Continue with: "
-              f"fussfast run CONFIG --resume {out_dir}", file=sys.stderr)
-        raise
-    outputs.save_models(federation.models(), setup.shared, setup.evaluation, config.data.num_classes)
+        if resume:
+            federation.load_state(*outputs.load_checkpoint())
+            print(f"resuming {out_dir} after round {len(federation.history)}/{config.fed.rounds}", file=sys.stderr)
+        try:
+            history = federation.run()
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; {out_dir}/checkpoint holds round {len(federation.history)}. Continue with: "
+                  f"fussfast run CONFIG --resume {out_dir}", file=sys.stderr)
+            raise
+        outputs.save_models(federation.models(), setup.shared, setup.evaluation, config.data.num_classes)
+    finally:
+        outputs.remove_spill()
     return outputs.write_metrics(history)

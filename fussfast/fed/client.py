@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from fussfast.fed.checkpoint import flatten, under, unflatten
 from fussfast.fed.strategy import Strategy, Update
@@ -13,6 +17,8 @@ from fussfast.losses import code_distill
 from fussfast.model import knn_table
 from fussfast.features import FeatureSet, LazyFeatureSet
 from fussfast.tasks import LocalModel
+
+SPILLED = "client"  # the prefix of a spill file's tensor names
 
 
 class Client:
@@ -24,7 +30,9 @@ class Client:
 
     For federations of many sites everything is made when first needed: ``model`` may be a
     function that builds it (``started`` tells whether it has been), ``data`` a ``LazyFeatureSet``
-    that ``fit`` releases again, and the kNN table is computed at the first fit."""
+    that ``fit`` releases again, and the kNN table is computed at the first fit. ``spill`` writes
+    the client's state (model, optimizers, MOON head, kNN table) to a file and drops it from
+    memory; the next use of ``model`` reads it back."""
 
     def __init__(self, name: str, data: FeatureSet | LazyFeatureSet, model: LocalModel | Callable[[], LocalModel],
                  *, local_steps: int, batch_size: int, table: torch.Tensor | None = None,
@@ -35,21 +43,32 @@ class Client:
         self._table = table
         self.distill_weight, self.distill = distill_weight, distill
         self.previous: dict[str, torch.Tensor] | None = None  # head after the last fit (MOON)
+        self.spilled: Path | None = None  # the file holding this client's state while it is out of memory
 
     @property
     def model(self) -> LocalModel:
         if self._model is None:
             self._model = self._new_model()
+            if self.spilled is not None:
+                try:
+                    self._read_back()
+                except BaseException:
+                    self._model = None  # never a fresh model in place of the spilled state
+                    raise
         return self._model
 
     def scoring_model(self) -> LocalModel:
         """The model, or before it exists a fresh one that is not kept (scoring every site of a
         large federation builds no lasting model for the sites never sampled)."""
-        return self._model if self._model is not None else self._new_model()
+        return self.model if self.started else self._new_model()
 
     @property
     def started(self) -> bool:
-        """Whether this client's model exists (it has been fit, scored or restored)."""
+        """Whether this client's model exists (it has been fit, scored or restored), in memory or spilled."""
+        return self._model is not None or self.spilled is not None
+
+    @property
+    def in_memory(self) -> bool:
         return self._model is not None
 
     @property
@@ -63,7 +82,7 @@ class Client:
         return len(self.data)
 
     def fit(self, global_arrays: dict[str, torch.Tensor], strategy: Strategy, generator: torch.Generator) -> Update:
-        self.model.load_arrays(strategy.shared(global_arrays))
+        self.model.load_arrays(strategy.shared(global_arrays))  # first: reads a spilled state (MOON's head too)
         head = self.model.head
         moon = strategy.code_terms and self.previous is not None
         reference = _frozen(head) if moon or self.distill_weight > 0 else None
@@ -100,19 +119,57 @@ class Client:
         return self.model.scores(data, num_classes)
 
     def state(self, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
-        """Everything needed to resume this client, tensors into ``tensors``; returns the JSON part."""
-        for k, v in self.model.arrays().items():
+        """Everything needed to resume this client, tensors into ``tensors``; returns the JSON part.
+        A spilled client's state is read from its file, without building its model."""
+        if self._model is None and self.spilled is not None:
+            saved, meta = _read_spill(self.spilled)
+            arrays, optimizers = under(saved, f"{SPILLED}/model/"), unflatten(meta["state"]["optimizers"], saved)
+            previous = under(saved, f"{SPILLED}/previous/") if meta["state"]["previous"] else None
+        else:
+            arrays, optimizers, previous = self.model.arrays(), self.model.optimizer_states(), self.previous
+        for k, v in arrays.items():
             tensors[f"{prefix}/model/{k}"] = v
-        for k, v in (self.previous or {}).items():
+        for k, v in (previous or {}).items():
             tensors[f"{prefix}/previous/{k}"] = v
-        return {"optimizers": flatten(self.model.optimizer_states(), f"{prefix}/opt", tensors),
-                "previous": self.previous is not None}
+        return {"optimizers": flatten(optimizers, f"{prefix}/opt", tensors), "previous": previous is not None}
 
     def load_state(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.model.load_arrays(under(tensors, f"{prefix}/model/"))
         self.model.load_optimizer_states(unflatten(meta["optimizers"], tensors))
         self.previous = ({k: v.to(self.model.device) for k, v in under(tensors, f"{prefix}/previous/").items()}
                          if meta["previous"] else None)
+
+    def spill(self, path: Path) -> None:
+        """Writes this client's state to ``path`` (safetensors, the JSON part in its header) and
+        drops it from memory; the next use of ``model`` reads it back and removes the file. A
+        client with nothing in memory is left as it is."""
+        if self._model is None:
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {"site": self.name, "state": self.state(SPILLED, tensors), "table": self._table is not None}
+        if self._table is not None:  # derived from the features, but kept to spare the recomputation
+            tensors[f"{SPILLED}/knn_table"] = self._table
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+                      metadata={"client": json.dumps(meta)})
+        except SafetensorError as e:  # safetensors reports its I/O errors as its own type
+            raise OSError(f"cannot write {path}: {e}") from e
+        self._model, self.previous, self._table, self.spilled = None, None, None, path
+
+    def _read_back(self) -> None:
+        """Restores the spilled state into the freshly built ``_model``."""
+        tensors, meta = _read_spill(self.spilled)
+        self.load_state(SPILLED, tensors, meta["state"])
+        if meta["table"]:
+            self._table = tensors[f"{SPILLED}/knn_table"]
+        self.spilled.unlink()  # from now on the state in memory is the current one
+        self.spilled = None
+
+
+def _read_spill(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["client"])
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:

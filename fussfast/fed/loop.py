@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,12 +39,18 @@ class Federation:
     ``state()`` holds everything needed to carry on (global arrays, every client's model,
     optimizer and MOON state, the RNG states, the round records) and ``load_state`` restores it,
     so that a resumed run reaches the same results as an uninterrupted one.
+
+    ``spill_dir``: when fewer clients are sampled per round than there are, each client's state is
+    written there (``Client.spill``) as soon as its fit or scoring is done, and read back when it is
+    next sampled or scored, so memory holds one client's model at a time, whatever the number of
+    sites ever sampled. None, or every client sampled each round: every client stays in memory.
     """
 
     def __init__(self, clients: dict[str, Client], strategy: Strategy, global_model: LocalModel,
                  *, sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
                  generator: torch.Generator, min_clients: int = 1, clients_per_round: int = 0,
-                 fraction: float = 1.0, after_round=None, limits: dict | None = None, eval_every: int = 1):
+                 fraction: float = 1.0, after_round=None, limits: dict | None = None, eval_every: int = 1,
+                 spill_dir: str | Path | None = None):
         n = len(clients)
         self.per_round = clients_per_round or max(1, math.ceil(fraction * n))
         if self.per_round > n:
@@ -54,6 +61,10 @@ class Federation:
         self.sites, self.shared, self.num_classes = sites, shared, num_classes
         self.rounds, self.generator, self.after_round = rounds, generator, after_round
         self.eval_every = eval_every
+        self.spill_dir = Path(spill_dir) if spill_dir is not None and self.per_round < n else None
+        # named by the client's place, so that any site name makes a valid file name
+        self.spill_files = {name: self.spill_dir / f"client-{i:06d}.safetensors" for i, name in enumerate(clients)
+                            } if self.spill_dir is not None else {}
         self.server = Server(strategy, global_model.arrays(), min_clients=min_clients, **(limits or {}))
         self.history: list[dict] = []
 
@@ -89,6 +100,7 @@ class Federation:
                 replies[name] = self.clients[name].fit(self.current, self.strategy, self.generator)
             except Exception as e:  # a failing site drops out of this round, the run goes on
                 replies[name] = f"{name}: failed with {type(e).__name__}: {e}"
+            self._put_away(name)
         screened = self.server.round(r, replies, sites=list(self.clients))
         scores = self.evaluate() if scored_round(r, self.rounds, self.eval_every) else {}
         record = {"round": r, **scores, **screened, "seconds": time.perf_counter() - t}
@@ -110,6 +122,11 @@ class Federation:
             c.model.load_arrays(shared)
         return {name: c.model for name, c in self.clients.items()}
 
+    def _put_away(self, name: str) -> None:
+        """Spills client ``name``'s state when this federation spills."""
+        if name in self.spill_files:
+            self.clients[name].spill(self.spill_files[name])
+
     def _scoring(self, name: str) -> LocalModel:
         """The model that scores site ``name`` (global arrays loaded); a personalized site never
         sampled gets a fresh model that is not kept."""
@@ -121,15 +138,22 @@ class Federation:
         return model
 
     def evaluate(self) -> dict:
-        """One site at a time: each site's features are read, scored and released."""
+        """One site at a time: each site's features are read, scored and released; a personalized
+        site's model is scored on the shared set while it is loaded, then spilled again."""
         if not self.personalized:
             self.global_model.load_arrays(self.current)
-        site_scores = {}
+        site_scores, on_shared = {}, {}
         for name, data in self.sites.items():
-            site_scores[name] = self._scoring(name).scores(data.get(), self.num_classes)
+            model = self._scoring(name)
+            site_scores[name] = model.scores(data.get(), self.num_classes)
             data.release()
+            if self.personalized and name in self.clients:
+                on_shared[name] = model.scores(self.shared, self.num_classes)
+                self._put_away(name)
+            del model  # spilled or not kept: gone before the next site's is built
         names = list(self.clients) if self.personalized else ["global"]
-        per_model = [self._scoring(n).scores(self.shared, self.num_classes) for n in names]
+        per_model = [on_shared[n] if n in on_shared else self._scoring(n).scores(self.shared, self.num_classes)
+                     for n in names]
         global_scores = {k: sum(s[k] for s in per_model) / len(per_model) for k in ("miou", "acc")}
         return {"global": global_scores, "clients": site_scores}
 
@@ -153,8 +177,8 @@ class Federation:
         current = under(tensors, "global/")
         expect_like(current, self.current, "the checkpoint's global arrays")
         saved = {name: c for name, c in self.clients.items() if name in meta["clients"]}
-        for name, c in saved.items():
-            expect_like(under(tensors, f"client/{name}/model/"), c.model.arrays(), f"client {name}'s arrays")
+        for name, c in saved.items():  # a model of the client's shapes, not kept unless started
+            expect_like(under(tensors, f"client/{name}/model/"), c.scoring_model().arrays(), f"client {name}'s arrays")
         missing = [k for k in ("rng/generator", "rng/torch") if k not in tensors]
         if missing:
             raise CheckpointError(f"the checkpoint has no {missing}")
@@ -164,6 +188,7 @@ class Federation:
                 c.load_state(f"client/{name}", tensors, meta["clients"][name])
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise CheckpointError(f"client {name}'s optimizer state does not fit: {e}") from None
+            self._put_away(name)
         self.generator.set_state(tensors["rng/generator"])
         torch.set_rng_state(tensors["rng/torch"])
         if "rng/cuda" in tensors and self.global_model.device.type == "cuda":
