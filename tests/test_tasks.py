@@ -174,3 +174,12 @@ def test_head_precision_auto():
     assert resolve_head_precision("auto", "cuda") == "fp32"
     assert resolve_head_precision("auto", "cpu") == ("bf16" if native_bf16_cpu() else "fp32")
     assert resolve_head_precision("fp32", "cpu") == "fp32" and resolve_head_precision("bf16", "cuda") == "bf16"
+
+
+def test_no_bf16_when_torch_is_held_to_avx2(monkeypatch):
+    """A forced-AVX2 run (ATEN_CPU_CAPABILITY=avx2) times what an AVX2 machine runs: fp32, not
+    emulated bf16, for the backbone and the head."""
+    from fussfast.model.backbone import resolve_head_precision, resolve_precision
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_head_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "fp16"

@@ -37,7 +37,11 @@ def resolve_head_precision(precision: str, device: torch.device | str) -> str:
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX) that torch's kernels use."""
+    """Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX) that torch's kernels use; not
+    when torch is held to a lower instruction set (``ATEN_CPU_CAPABILITY=avx2``, as a forced-AVX2
+    benchmark does), where its bf16 products would be emulated."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
     return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
