@@ -284,11 +284,13 @@ void forward_impl(const Tensor& f1t, const Tensor& f2t, const Tensor& z1t, const
       for (int64_t i = 0; i < D * Q; ++i) dst[i] += src[i];
     }
   if (!normalize) return;
+  ParallelErrors back_errors;  // backward allocates: no exception may leave the region
 #pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B; ++b) back_errors.guard([&] {
     y1->backward(gz1, b, D, P);
     y2->backward(gz2, b, D, Q);
-  }
+  });
+  back_errors.rethrow();
 }
 
 }  // namespace
