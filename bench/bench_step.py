@@ -94,7 +94,8 @@ def bench_round(benchmark, device, method):
         state["arrays"] = strategy.aggregate(1, updates, state["arrays"])
         sync()
 
-    record(benchmark, op="round", device=device, case=f"3 clients x 10 steps, B={B} 28x28, FedCC-kMeans{features_note(device)}",
+    record(benchmark, op="round", device=device,
+           case=f"3 clients x 10 steps, B={B} 28x28, FedCC-kMeans{features_note(device)}",
            method=method, mode="forward_backward", dtype=torch.float32)
     benchmark.pedantic(one_round, rounds=3, iterations=1, warmup_rounds=1)
 

@@ -119,7 +119,8 @@ class SupervisedHead(HeadPrecision, nn.Module):
         """The projection embeddings ``[..., E]`` of trunk rows ``h`` ``[..., C]``."""
         p0, p2 = self.proj[0], self.proj[2]
         with self.products(h.device):
-            return self.output(F.linear(F.linear(h, p0.weight.flatten(1), p0.bias).relu(), p2.weight.flatten(1), p2.bias))
+            hidden = F.linear(h, p0.weight.flatten(1), p0.bias).relu()
+            return self.output(F.linear(hidden, p2.weight.flatten(1), p2.bias))
 
 
 def channel_mask(dropout: nn.Dropout2d, batch: int, weight: torch.Tensor, device) -> torch.Tensor | None:
