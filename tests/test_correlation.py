@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fussfast
 from fussfast import _C
@@ -24,6 +25,17 @@ def make_inputs(B, C, D, hw1, hw2, device, dtype=torch.float64, seed=None):
     c2 = torch.randn(B, D, *hw2, generator=g, dtype=torch.float64)
     shift = torch.rand(B, generator=g, dtype=torch.float64)
     return [t.to(device=device, dtype=dtype) for t in (f1, f2, c1, c2)] + [shift.to(device)]
+
+
+def inputs_off_the_kink(*args, **kwargs):
+    """make_inputs, drawn again while a code product S lies within 1e-6 of the clamp's kink at 0:
+    there the gradient jumps, so float32 and float64 may fall on either side of it (a CI run met
+    one). For comparisons of reduced-precision gradients with float64."""
+    while True:
+        f1, f2, c1, c2, shift = make_inputs(*args, **kwargs)
+        z1, z2 = (F.normalize(c.double().flatten(2), dim=1) for c in (c1, c2))
+        if torch.bmm(z1.transpose(1, 2), z2).abs().min() > 1e-6:
+            return f1, f2, c1, c2, shift
 
 
 def by_hand_inputs(device):
@@ -117,7 +129,7 @@ def test_groups_equal_separate_calls(device):
 def test_reduced_precision(device, dtype, tol):
     """Tolerances relative to the float64 result on the same (rounded) inputs: float32 math
     throughout, so the error comes from the 16-bit codes' normalization and output rounding."""
-    f1, f2, c1, c2, shift = make_inputs(3, 96, 70, (11, 11), (11, 11), device, dtype=dtype)
+    f1, f2, c1, c2, shift = inputs_off_the_kink(3, 96, 70, (11, 11), (11, 11), device, dtype=dtype)
     c1.requires_grad_(True)
     got = correlation_loss(f1, f2, c1, c2, shift)
     assert got.dtype == dtype
@@ -149,7 +161,7 @@ def test_channels_last_features(device, dtype, bf16, pointwise):
         pytest.skip("the bfloat16 methods only matter for bfloat16 features on the CPU")
     if bf16 is not None and (bf16 not in _C.cpu_bf16_methods() or _C.cpu_isa() != "avx512"):
         pytest.skip(f"{bf16} does not run here (CPU ISA {_C.cpu_isa()}, methods {_C.cpu_bf16_methods()})")
-    f1, f2, c1, c2, shift = make_inputs(3, 131, 9, (11, 11), (7, 13), device)
+    f1, f2, c1, c2, shift = inputs_off_the_kink(3, 131, 9, (11, 11), (7, 13), device)
     f1, f2 = (as_channels_last(f.to(dtype)) for f in (f1, f2))
     assert not f1.is_contiguous() and f1.is_contiguous(memory_format=torch.channels_last)
     codes = [c.to(torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_() for c in (c1, c2)]
