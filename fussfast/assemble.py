@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from fussfast.fed.loop import Federation
 from fussfast.fed.strategy import Strategy, strategy_from_config
 from fussfast.losses import CorrespondenceConfig, RegionContrast
 from fussfast.model import FrozenBackbone, knn_table, resolve_head_precision, resolve_precision
+from fussfast.model.encoder import AdaptedEncoder
+from fussfast.model.lora import LoRA
 from fussfast.model.cache import cached_json, files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
 
@@ -106,10 +109,21 @@ class Setup:
     evaluation: object  # its dataset (for sample images)
     feature_dim: int
     seconds: float  # feature extraction (cache reads when warm)
+    backbone: Callable[[], FrozenBackbone]  # built when first called, shared by every model of the process
+    lora_blocks: tuple[int, ...] = ()  # the backbone blocks given LoRA (the features are their stem's tokens)
 
     @property
     def head_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.head_precision == "bf16" else None
+
+    def encoder(self) -> AdaptedEncoder | None:
+        """A site's LoRA on the shared frozen backbone (None without LoRA)."""
+        if not self.lora_blocks:
+            return None
+        m = self.config.model
+        lora = LoRA(self.backbone(), rank=m.lora_rank, alpha=m.lora_alpha, blocks=self.lora_blocks,
+                    targets=m.lora_targets)
+        return AdaptedEncoder(self.backbone(), lora.to(self.device))
 
     def new_model(self) -> LocalModel:
         c, t, loss = self.config, self.config.train, self.config.loss
@@ -119,11 +133,11 @@ class Setup:
                                       backend=t.backend)
             return SupervisedModel(self.feature_dim, c.data.num_classes, embed_dim=c.model.embed_dim,
                                    objective=loss.objective, contrast=contrast, lr=t.head_lr, backend=t.backend,
-                                   head_dtype=self.head_dtype, device=self.device)
+                                   head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device)
         correspondence = CorrespondenceConfig.preset(loss.preset, feature_samples=loss.feature_samples)
         return SiteModel(self.feature_dim, c.model.code_dim, c.data.num_classes, loss=correspondence,
                          num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
-                         backend=t.backend, head_dtype=self.head_dtype, device=self.device)
+                         backend=t.backend, head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device)
 
     def site_model(self, name: str) -> LocalModel:
         """Site ``name``'s initial model, seeded by the config's seed and the name: the same
@@ -221,6 +235,14 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
         datasets = {name: datasets[name] for name in sites}
     base_key = {"data": config.to_dict()["data"], "seed": config.seed, "backbone": model.backbone,
                 "weights": weights_digest(model.weights, config.seed), "precision": precision}
+    lora_blocks = ()
+    if model.lora_rank > 0:  # the cache keeps the input of the first adapted block
+        blocks = backbone().num_blocks
+        if model.lora_blocks > blocks:
+            raise ConfigError(f"config key 'model.lora_blocks' = {model.lora_blocks}, but {model.backbone} has "
+                              f"{blocks} blocks")
+        lora_blocks = tuple(range(blocks - model.lora_blocks, blocks))
+        base_key["stem_block"] = lora_blocks[0]
 
     def features(name, ds, lazy=True):
         key = {**base_key, "split": name, "images": len(ds), "resolution": ds.image_size}
@@ -229,7 +251,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
 
         def read():
             return extract(backbone, ds, key, config.cache_dir, device, flip=True,
-                           progress=_progress(f"features {name}"))
+                           stem_block=lora_blocks[0] if lora_blocks else None, progress=_progress(f"features {name}"))
         if not lazy:
             return read()
         if not on_disk(ds, key, config.cache_dir, flip=True):
@@ -244,8 +266,9 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
             train[name].labelled = known.expand(len(datasets[name]), -1)
     shared = features("eval", evaluation, lazy=False)
     head_precision = resolve_head_precision(model.head_precision, device)
-    return Setup(config, device, precision, head_precision, train, shared, evaluation, shared.features.shape[1],
-                 time.perf_counter() - t0)
+    feature_dim = backbone().dim if lora_blocks else shared.features.shape[1]
+    return Setup(config, device, precision, head_precision, train, shared, evaluation, feature_dim,
+                 time.perf_counter() - t0, backbone, lora_blocks)
 
 
 def _progress(desc: str):

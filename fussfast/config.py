@@ -23,6 +23,7 @@ from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
 from fussfast.losses import DISTILL_KINDS, PRESETS
 from fussfast.model import KNN_WIDTH
 from fussfast.model.backbone import BACKBONES, PRECISIONS
+from fussfast.model.lora import LORA_TARGETS
 from fussfast.ops._boundary import BACKENDS
 from fussfast.tasks import OBJECTIVES, TASKS
 
@@ -73,6 +74,12 @@ class ModelConfig:
     code_dim: int = key(70, "unsupervised: code channels of the head", at_least=1, at_most=MAX_CHANNELS)
     embed_dim: int = key(256, "supervised: projection embedding for the region contrast", at_least=1,
                           at_most=MAX_CHANNELS)
+    lora_rank: int = key(0, "LoRA rank on the backbone's attention (0: off); with LoRA the adapted blocks run "
+                            "every step", at_least=0, at_most=MAX_CHANNELS)
+    lora_alpha: float = key(8.0, "LoRA scale: the update is (alpha / rank) B A", above=0)
+    lora_blocks: int = key(4, "LoRA on the backbone's last N blocks (the frozen blocks before are cached)",
+                           at_least=1, at_most=MAX_COUNT)
+    lora_targets: tuple[str, ...] = key(("qkv", "proj"), 'attention projections given LoRA: "qkv", "proj"')
 
 
 @dataclass(frozen=True)
@@ -310,6 +317,10 @@ def _check_together(c: Config) -> None:
                           "supervised head does not have; choose fedavg, fedprox, moon, local or centralized")
     if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
         raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
+    unknown = sorted(set(c.model.lora_targets) - set(LORA_TARGETS))
+    if unknown or not c.model.lora_targets:
+        raise ConfigError(f"config key 'model.lora_targets' must name some of {LORA_TARGETS}, got "
+                          f"{list(c.model.lora_targets)}")
     if c.model.weights not in ("random", "timm") and not Path(c.model.weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
 

@@ -84,10 +84,13 @@ def on_disk(dataset, key: dict, cache_dir: str | Path, *, flip: bool = False) ->
 
 
 def extract(backbone: FrozenBackbone | Callable[[], FrozenBackbone], dataset, key: dict, cache_dir: str | Path,
-            device: torch.device, *, flip: bool = False, batch_size: int = 32, progress=None) -> FeatureSet:
+            device: torch.device, *, flip: bool = False, stem_block: int | None = None, batch_size: int = 32,
+            progress=None) -> FeatureSet:
     """Features and masks of every image of ``dataset`` (items ``(image, mask)``), cached on disk
     and memory-mapped. ``backbone`` may be a function that builds it: it is called only when a
-    shard must be extracted."""
+    shard must be extracted. ``stem_block``: the features kept are the backbone's tokens at the
+    input of that block (``FrozenBackbone.stem``, for LoRA on the blocks from there on); the
+    descriptors are still the frozen backbone's."""
 
     def features_of(start, stop, flipped):
         net = backbone if isinstance(backbone, torch.nn.Module) else backbone()
@@ -97,7 +100,10 @@ def extract(backbone: FrozenBackbone | Callable[[], FrozenBackbone], dataset, ke
             images = images.flip(-1)
         out_f, out_d = [], []
         for b in range(0, len(images), batch_size):
-            f, d = net(images[b:b + batch_size].to(device))
+            x = images[b:b + batch_size].to(device)
+            f, d = net(x)
+            if stem_block is not None:
+                f = net.stem(x, stem_block)
             out_f.append(f.cpu())
             out_d.append(d.cpu())
         masks = () if flipped else (torch.stack([mask for _, mask in items]),)  # the masks: once, unflipped

@@ -191,7 +191,7 @@ def centroid_response(model: SiteModel, features: torch.Tensor) -> tuple[torch.T
     responses over the pixels of ``features`` (0: they respond alike, collapsed prototypes), and
     how many pixels each centroid wins."""
     model.head.eval()
-    code = model.head(features.to(model.device)).double()
+    code = model.head(model.encode(features.to(model.device))).double()
     z = torch.nn.functional.normalize(code.permute(0, 2, 3, 1).reshape(-1, code.shape[1]), dim=1)
     sim = z @ torch.nn.functional.normalize(model.probe.clusters.double(), dim=1).T
     usage = torch.bincount(sim.argmax(1), minlength=sim.shape[1])

@@ -86,7 +86,8 @@ def wait_until_up(url, proc, timeout):
 
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
 @pytest.mark.parametrize("task", ["fed.strategy=\"fedcc-maximin\"",
-                                  "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\""])
+                                  "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\"; "
+                                  "model.lora_rank=2; model.lora_blocks=1"])
 def test_loopback_deployment_two_rounds(tmp_path, task):
     home = tmp_path / "flwr"
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",

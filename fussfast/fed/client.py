@@ -90,10 +90,11 @@ class Client:
         if moon:
             previous = _frozen(head)
             previous.load_state_dict(self.previous)
-        anchor = {f"head.{k}": v.detach().clone() for k, v in head.named_parameters()}
+        trained = self.model.trained_parameters()  # the head's, and LoRA's when on
+        anchor = {k: v.detach().clone() for k, v in trained.items()}
 
         def extra(h, feats, code):
-            total = strategy.client_penalty({f"head.{k}": p for k, p in h.named_parameters()}, anchor)
+            total = strategy.client_penalty(trained, anchor)
             if reference is not None:
                 with torch.no_grad():
                     target = reference.representation(feats)

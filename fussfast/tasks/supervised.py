@@ -30,24 +30,27 @@ class SupervisedModel(LocalModel):
 
     def __init__(self, feat_dim: int, num_classes: int, *, embed_dim: int = 256, objective: str = "backce+contrast",
                  contrast: RegionContrast | None = None, lr: float = 5e-4, backend: str = "fused",
-                 head_dtype: torch.dtype | None = None, device: torch.device | str = "cpu"):
+                 head_dtype: torch.dtype | None = None, encoder: torch.nn.Module | None = None,
+                 device: torch.device | str = "cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"SupervisedModel: objective must be one of {OBJECTIVES}, got {objective!r}")
         self.device = torch.device(device)
+        self.encoder = encoder
         self.num_classes, self.objective, self.backend = num_classes, objective, backend
         self.head = SupervisedHead(feat_dim, num_classes, embed_dim).to(self.device)
         self.head.compute_dtype = head_dtype  # None: fp32 products; bfloat16: see HeadPrecision
         self.contrast = None
         if objective == "backce+contrast":
             self.contrast = contrast or RegionContrast(num_classes, backend=backend)
-        self.opt = torch.optim.Adam(self.head.parameters(), lr=lr)
+        self.opt = torch.optim.Adam(self.trained_parameters().values(), lr=lr)  # head and LoRA
 
     def arrays(self) -> dict[str, torch.Tensor]:
-        return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        return {**{f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
+                **self.encoder_arrays()}
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            load_head(self.head, arrays)
+            load_head(self.head, arrays, self.load_encoder(arrays))
 
     def optimizer_states(self) -> dict:
         return {"head": self.opt.state_dict()}
@@ -63,7 +66,7 @@ class SupervisedModel(LocalModel):
         labels = data.training_labels(K)
         every = torch.ones(data.features.shape[0], K, dtype=torch.bool)
         labelled = every if data.labelled is None or self.objective == "ce" else data.labelled
-        memory = (self.contrast.memory(self.head, data.features, labels, labelled)
+        memory = (self.contrast.memory(self.head, self.encoded(data.features), labels, labelled)
                   if self.contrast is not None else None)
         self.head.train()
         losses = []
@@ -75,13 +78,13 @@ class SupervisedModel(LocalModel):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
             target = labels[idx].to(self.device)
             if sparse:
-                x = channels_last(data.features[idx], self.device, self.head.input_dtype)
+                x = channels_last(self.encode(data.features[idx]), self.device, self.head.input_dtype)
                 mask = self.head.channel_mask(len(idx), self.device)
                 logits, h = self.head.trunk_rows(x, None if mask is None else mask[:, None, None])
                 logits = logits.permute(0, 3, 1, 2).contiguous()  # NCHW before the upsampling
                 feats, embed = x.permute(0, 3, 1, 2), None
             else:
-                feats = data.features[idx].to(self.device).float()
+                feats = self.encode(data.features[idx].to(self.device)).float()
                 logits, embed = self.head(feats)
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = back_ce(logits, target, labelled[idx].to(self.device), ignore_index=-1, backend=self.backend)
@@ -103,7 +106,7 @@ class SupervisedModel(LocalModel):
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Class per pixel from the (flip-averaged) logits, bilinearly upsampled to ``size``."""
         self.head.eval()
-        logits = self.head(features.to(self.device))[0]
+        logits = self.head(self.encode(features.to(self.device)))[0]
         if flipped is not None:
-            logits = (logits + self.head(flipped.to(self.device))[0].flip(-1)) / 2
+            logits = (logits + self.head(self.encode(flipped.to(self.device)))[0].flip(-1)) / 2
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)

@@ -19,26 +19,27 @@ class SiteModel(LocalModel):
     def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
                  num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
                  backend: str = "fused", head_dtype: torch.dtype | None = None,
-                 device: torch.device | str = "cpu"):
+                 encoder: torch.nn.Module | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.encoder = encoder
         self.head = SegmentationHead(feat_dim, code_dim).to(self.device)
         self.head.compute_dtype = head_dtype  # None: fp32 products; bfloat16: see HeadPrecision
         self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
         self.loss = CorrespondenceLoss(loss, backend=backend)
         self.num_neighbors = num_neighbors
-        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=head_lr)
+        self.head_opt = torch.optim.Adam(self.trained_parameters().values(), lr=head_lr)  # head and LoRA
         self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
 
     def arrays(self) -> dict[str, torch.Tensor]:
         """What travels to the server: the head's parameters and the centroids."""
         out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         out["centroids"] = self.probe.clusters.detach().cpu().clone()
-        return out
+        return {**out, **self.encoder_arrays()}
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
         """Sets the given arrays (all or some of ``arrays()``'s names); the rest stay as they are."""
         with torch.no_grad():
-            load_head(self.head, arrays, ("centroids",))
+            load_head(self.head, arrays, ("centroids", *self.load_encoder(arrays)))
             if "centroids" in arrays:
                 self.probe.clusters.copy_(arrays["centroids"])
 
@@ -63,8 +64,8 @@ class SiteModel(LocalModel):
             if fused:
                 feats, code, corr = self._fused_step(data.features, idx, pos, generator)
             else:
-                feats = data.features[idx].to(self.device).float()
-                feats_pos = data.features[pos].to(self.device).float()
+                feats = self.encode(data.features[idx].to(self.device)).float()
+                feats_pos = self.encode(data.features[pos].to(self.device)).float()
                 code, code_pos = self.head(feats), self.head(feats_pos)
                 points = self.loss.sample_points(len(idx), self.device, generator=generator)
                 corr = self.loss(feats, code, feats_pos, code_pos, points=points)
@@ -83,7 +84,8 @@ class SiteModel(LocalModel):
         the positives' pixels the sampled points read, the sampling fused (bilinear_sample).
         Same random draws, in the same order, as the NCHW path; returns NCHW views."""
         B = len(idx)
-        x = channels_last(features[torch.cat([idx, pos])], self.device, self.head.input_dtype)  # [2B, H, W, C]
+        x = channels_last(self.encode(features[torch.cat([idx, pos])]), self.device,
+                          self.head.input_dtype)  # [2B, H, W, C]
         _, H, W, C = x.shape
         masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
         code = self.head.rows(x[:B], None if masks[0] is None else masks[0][:, None, None])
@@ -93,15 +95,16 @@ class SiteModel(LocalModel):
         where = used.view(-1).nonzero()[:, 0]  # the positives' pixels that are read
         rows = self.head.rows(x[B:].reshape(-1, C)[where], None if masks[1] is None else masks[1][where // (H * W)])
         code_pos = rows.new_zeros(B * H * W, rows.shape[1]).index_copy(0, where, rows).view(B, H, W, -1)
-        corr = self.loss.stacked(x, torch.cat([code, code_pos]), points=points)
+        # with LoRA the features' correlation stays the target: only the codes pass gradients back
+        corr = self.loss.stacked(x.detach(), torch.cat([code, code_pos]), points=points)
         return x[:B].permute(0, 3, 1, 2), code.permute(0, 3, 1, 2), corr
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Cluster per pixel (flip-averaged codes when ``flipped`` is given), nearest-upsampled to ``size``."""
         self.head.eval()
-        code = self.head(features.to(self.device))
+        code = self.head(self.encode(features.to(self.device)))
         if flipped is not None:
-            code = (code + self.head(flipped.to(self.device)).flip(-1)) / 2
+            code = (code + self.head(self.encode(flipped.to(self.device))).flip(-1)) / 2
         labels = self.probe.labels(code)
         return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
