@@ -19,7 +19,7 @@ def randomized(name: str, precision: str = "fp32") -> FrozenBackbone:
     """A backbone with every parameter random, also those timm starts at zero or near it (position
     embeddings, SAM's relative positions, DINOv2's LayerScale at 1e-5), so that each path counts."""
     torch.manual_seed(0)
-    bb = FrozenBackbone(name, precision="fp32")
+    bb = FrozenBackbone(name, precision=precision)
     bb.vit.blocks = bb.vit.blocks[:BLOCKS]
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -28,8 +28,6 @@ def randomized(name: str, precision: str = "fp32") -> FrozenBackbone:
                 p.normal_(0, 0.5, generator=g)
             elif pname.endswith("gamma"):
                 p.uniform_(0.5, 1.5, generator=g)
-    bb.vit.to(bb.dtype if precision == "fp32" else {"bf16": torch.bfloat16}[precision])
-    bb.dtype = next(bb.vit.parameters()).dtype
     return bb
 
 
