@@ -22,7 +22,7 @@ from fussfast.data import CITY_SPLITS, CROPS, DATA_KINDS
 from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
 from fussfast.losses import DISTILL_KINDS, PRESETS
 from fussfast.model import KNN_WIDTH
-from fussfast.model.backbone import BACKBONES, PRECISIONS
+from fussfast.model.backbone import BACKBONES, PRECISIONS, patch_size_of
 from fussfast.model.lora import LORA_TARGETS
 from fussfast.ops._boundary import BACKENDS
 from fussfast.tasks import OBJECTIVES, TASKS
@@ -56,7 +56,7 @@ class DataConfig:
                     choices=CROPS)
     num_classes: int = key(6, "classes in the data (clusters, unsupervised)", at_least=1, at_most=MAX_CLASSES)
     image_size: int = key(64, "training resolution (a multiple of the patch size)", at_least=1, at_most=MAX_SIDE)
-    eval_size: int = key(64, "evaluation resolution", at_least=1, at_most=MAX_SIDE)
+    eval_size: int = key(64, "evaluation resolution (a multiple of the patch size)", at_least=1, at_most=MAX_SIDE)
     sites: int = key(3, "synthetic, cocostuff27: number of sites", at_least=1, at_most=MAX_COUNT)
     images_per_site: int = key(48, "synthetic: training images per site", at_least=1, at_most=MAX_COUNT)
     eval_images: int = key(24, "synthetic: images of the shared evaluation set", at_least=1, at_most=MAX_COUNT)
@@ -65,7 +65,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = key("vit_small_patch8_224.dino", "frozen DINO ViT (timm name)", choices=BACKBONES)
+    backbone: str = key("vit_small_patch8_224.dino", "frozen backbone (timm name): DINO, DINOv2 (patch 14) or SAM's "
+                                                     "image encoder", choices=BACKBONES)
     weights: str = key("random", "random, timm (downloads), or a local weights file")
     precision: str = key("auto", "backbone precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, "
                                  "else fp32", choices=("auto", *PRECISIONS))
@@ -321,6 +322,11 @@ def _check_together(c: Config) -> None:
     if unknown or not c.model.lora_targets:
         raise ConfigError(f"config key 'model.lora_targets' must name some of {LORA_TARGETS}, got "
                           f"{list(c.model.lora_targets)}")
+    patch = patch_size_of(c.model.backbone)
+    for size_key in ("image_size", "eval_size"):
+        if getattr(data, size_key) % patch:
+            raise ConfigError(f"config key 'data.{size_key}' must be a multiple of the patch size {patch} of "
+                              f"model.backbone {c.model.backbone!r}, got {getattr(data, size_key)}")
     if c.model.weights not in ("random", "timm") and not Path(c.model.weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
 

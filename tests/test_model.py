@@ -1,10 +1,11 @@
-"""Frozen DINO backbone (timm, random weights), weight files, segmentation head, kNN positives."""
+"""Frozen backbones (DINO, DINOv2, SAM from timm, random weights), the split forward, weight files,
+segmentation head, kNN positives."""
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from fussfast.model import FrozenBackbone, SegmentationHead, draw_positives, knn_table
+from fussfast.model import BACKBONES, FrozenBackbone, SegmentationHead, draw_positives, knn_table, patch_size_of
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,60 @@ def test_bad_weight_files(tmp_path, vit_s8_fp32):
         FrozenBackbone("resnet50")
     with pytest.raises(ValueError, match="unknown precision"):
         FrozenBackbone(precision="fp8")
+
+
+# (name, dim, prefix tokens, image height, width)
+FAMILIES = [("vit_small_patch16_224.dino", 384, 1, 48, 80), ("vit_small_patch14_dinov2.lvd142m", 384, 1, 42, 70),
+             ("vit_small_patch14_reg4_dinov2.lvd142m", 384, 5, 42, 70), ("samvit_base_patch16", 256, 0, 48, 80)]
+
+
+@pytest.mark.parametrize("name,dim,prefix,H,W", FAMILIES, ids=["dino", "dinov2", "dinov2-reg4", "sam"])
+def test_families_and_split_forward(name, dim, prefix, H, W):
+    torch.manual_seed(0)
+    bb = FrozenBackbone(name, precision="fp32")
+    with torch.no_grad():  # timm starts these at zero (or 1e-5): random, so that every path counts
+        for pname, p in bb.vit.named_parameters():
+            if "pos" in pname or pname in ("cls_token", "reg_token") or pname.endswith("gamma"):
+                p.normal_(0, 0.5)
+    images = torch.randn(2, 3, H, W)
+    grid = (H // bb.patch_size, W // bb.patch_size)
+    fmap, desc = bb(images)
+    assert bb.dim == dim and bb.num_prefix_tokens == prefix and bb.num_blocks == 12
+    assert fmap.shape == (2, dim, *grid) and fmap.dtype == torch.float32
+    torch.testing.assert_close(desc.double(), torch.nn.functional.normalize(fmap.double().mean((2, 3)), dim=1))
+    if bb.is_sam:  # the neck's map: SAM's image embedding
+        assert bb.stem(images, 0).shape == (2, *grid, 768)
+    else:  # the patch tokens, as timm's own intermediate path gives them (prefix tokens dropped)
+        assert bb.stem(images, 0).shape == (2, prefix + grid[0] * grid[1], dim)
+        timm_map = bb.vit.forward_intermediates(images, indices=[11], norm=True, output_fmt="NCHW",
+                                                intermediates_only=True)[0]
+        torch.testing.assert_close(fmap, timm_map)
+    for b in (0, 5, 12):
+        torch.testing.assert_close(bb.tail(bb.stem(images, b), b, grid), fmap, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"first_block must be in \[0, 12\], got 13"):
+        bb.stem(images, 13)
+
+
+def test_patch_sizes():
+    assert [patch_size_of(n) for n in BACKBONES] == [8, 16, 8, 16, 14, 14, 14, 14, 16, 16]
+    bb = FrozenBackbone("vit_small_patch14_dinov2.lvd142m", precision="fp32")
+    assert bb.patch_size == 14
+    with pytest.raises(ValueError, match="image size 64x64 is not a multiple of the patch size 14"):
+        bb(torch.randn(1, 3, 64, 64))
+
+
+def test_sam_checkpoint_keys_are_mapped(tmp_path):
+    """SAM's own checkpoint: the image encoder's keys become timm's, the prompt encoder and mask
+    decoder are dropped (a file with one block's keys: only missing keys are reported)."""
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+                "image_encoder.blocks.0.mlp.lin1.weight": torch.zeros(3072, 768),
+                "image_encoder.neck.0.weight": torch.zeros(256, 768, 1, 1),
+                "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": torch.zeros(2, 128),
+                "mask_decoder.iou_token.weight": torch.zeros(1, 256)}, tmp_path / "sam_vit_b.pth")
+    with pytest.raises(ValueError, match=r"missing keys \[.*, unexpected keys \[\]$") as error:
+        FrozenBackbone("samvit_base_patch16", weights=tmp_path / "sam_vit_b.pth")
+    mapped = ("patch_embed.proj.weight", "blocks.0.mlp.fc1.weight", "neck.0.weight")
+    assert all(k not in str(error.value) for k in mapped)
 
 
 def test_segmentation_head():

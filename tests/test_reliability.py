@@ -48,6 +48,18 @@ def test_bad_values_name_their_key(override, message):
         load_config(None, [override])
 
 
+def test_image_sizes_fit_the_backbones_patch_size():
+    dinov2 = 'model.backbone="vit_small_patch14_dinov2.lvd142m"'
+    with pytest.raises(ConfigError, match=r"'data\.image_size' must be a multiple of the patch size 14 of "
+                                          r"model\.backbone 'vit_small_patch14_dinov2\.lvd142m', got 64"):
+        load_config(None, [dinov2])
+    with pytest.raises(ConfigError, match=r"'data\.eval_size' must be a multiple of the patch size 14 .* got 64"):
+        load_config(None, [dinov2, "data.image_size=70"])
+    assert load_config(None, [dinov2, "data.image_size=70", "data.eval_size=42"]).data.eval_size == 42
+    with pytest.raises(ConfigError, match=r"'data\.image_size' must be a multiple of the patch size 8 .* got 60"):
+        load_config(None, ["data.image_size=60"])
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from([name for name, _, _ in keys()]),
        st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
