@@ -92,7 +92,10 @@ class LocalModel:
 
     def _parameters(self) -> dict[str, nn.Parameter]:
         """Every trained parameter by its array name (``arrays()``'s names)."""
-        raise NotImplementedError
+        params = {f"head.{k}": p for k, p in self.head.named_parameters()}
+        if self.moe is not None:
+            params.update({f"{MOE}.{k}": p for k, p in self.moe.named_parameters()})
+        return params
 
     @contextlib.contextmanager
     def phase(self, trains: Callable[[str], bool], adapting: bool = True):

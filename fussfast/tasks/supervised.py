@@ -56,10 +56,6 @@ class SupervisedModel(LocalModel):
             load_head(self.head, arrays, tuple(k for k in arrays if k.startswith(MOE + ".")))
             self._load_moe(arrays)
 
-    def _parameters(self):
-        params = {f"head.{k}": p for k, p in self.head.named_parameters()}
-        return {**params, **({f"{MOE}.{k}": p for k, p in self.moe.named_parameters()} if self.moe is not None else {})}
-
     def optimizer_states(self) -> dict:
         return {"head": self.opt.state_dict(), **({MOE: self.moe_opt.state_dict()} if self.moe is not None else {})}
 
@@ -90,7 +86,8 @@ class SupervisedModel(LocalModel):
             if sparse:
                 x = channels_last(data.features[idx], self.device, self.head.input_dtype)
                 mask = self.head.channel_mask(len(idx), self.device)
-                logits, h = self.head.trunk_rows(self.head_input(x, channels_last=True), None if mask is None else mask[:, None, None])
+                logits, h = self.head.trunk_rows(self.head_input(x, channels_last=True),
+                                                 None if mask is None else mask[:, None, None])
                 logits = logits.permute(0, 3, 1, 2).contiguous()  # NCHW before the upsampling
                 feats, embed = x.permute(0, 3, 1, 2), None
             else:

@@ -49,9 +49,7 @@ class SiteModel(LocalModel):
             self._load_moe(arrays)
 
     def _parameters(self):
-        params = {f"head.{k}": p for k, p in self.head.named_parameters()}
-        params["centroids"] = self.probe.clusters
-        return {**params, **({f"{MOE}.{k}": p for k, p in self.moe.named_parameters()} if self.moe is not None else {})}
+        return {**super()._parameters(), "centroids": self.probe.clusters}
 
     def optimizer_states(self) -> dict:
         states = {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
