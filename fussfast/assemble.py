@@ -29,6 +29,7 @@ from fussfast.model.encoder import AdaptedEncoder
 from fussfast.model.lora import LoRA
 from fussfast.model.cache import cached_json, files_digest
 from fussfast.tasks import LocalModel, SiteModel, SupervisedModel
+from fussfast.tasks.base import MOE
 
 
 def make_data(data: DataConfig, seed: int, cache_dir: str | Path | None = None):
@@ -133,11 +134,18 @@ class Setup:
                                       backend=t.backend)
             return SupervisedModel(self.feature_dim, c.data.num_classes, embed_dim=c.model.embed_dim,
                                    objective=loss.objective, contrast=contrast, lr=t.head_lr, backend=t.backend,
-                                   head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device)
+                                   head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device,
+                                   **self._moe_options())
         correspondence = CorrespondenceConfig.preset(loss.preset, feature_samples=loss.feature_samples)
         return SiteModel(self.feature_dim, c.model.code_dim, c.data.num_classes, loss=correspondence,
                          num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
-                         backend=t.backend, head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device)
+                         backend=t.backend, head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device,
+                         **self._moe_options())
+
+    def _moe_options(self) -> dict:
+        m = self.config.model
+        return dict(moe_experts=m.moe_experts, moe_hidden=m.moe_hidden, moe_router=m.moe_router,
+                    moe_balance=m.moe_balance)
 
     def site_model(self, name: str) -> LocalModel:
         """Site ``name``'s initial model, seeded by the config's seed and the name: the same
@@ -151,7 +159,7 @@ class Setup:
         positives are still found within each site)."""
         fed, t = self.config.fed, self.config.train
         options = dict(local_steps=t.local_steps, batch_size=t.batch_size, distill_weight=fed.distill_weight,
-                       distill=fed.distill)
+                       distill=fed.distill, personal_steps=fed.personal_steps)
         if not self.config.supervised:
             for name, d in self.train.items():  # positives are drawn among a site's own images
                 if self.config.loss.num_neighbors > len(d) - 1:
@@ -172,8 +180,11 @@ class Setup:
         return {"all": Client("all", pooled, self.new_model(), table=table, **options)}
 
     def strategy(self, arrays: dict[str, torch.Tensor]) -> Strategy:
-        """The config's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names."""
+        """The config's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names. The
+        mixture of experts (``model.moe_experts``) is always a local group: it never travels."""
         strategy = strategy_from_config(self.config.fed, self.config.seed)
+        if self.config.model.moe_experts:
+            strategy.local_params += (MOE,)
         for group in self.config.fed.local_params:
             if not any(k == group or k.startswith(group + ".") for k in arrays):
                 groups = sorted({".".join(k.split(".")[:2]) for k in arrays} | {k.split(".")[0] for k in arrays})

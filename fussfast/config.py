@@ -24,6 +24,7 @@ from fussfast.losses import DISTILL_KINDS, PRESETS
 from fussfast.model import KNN_WIDTH
 from fussfast.model.backbone import BACKBONES, PRECISIONS, patch_size_of
 from fussfast.model.lora import LORA_TARGETS
+from fussfast.model.moe import ROUTERS
 from fussfast.ops._boundary import BACKENDS
 from fussfast.tasks import OBJECTIVES, TASKS
 
@@ -81,6 +82,13 @@ class ModelConfig:
     lora_blocks: int = key(4, "LoRA on the backbone's last N blocks (the frozen blocks before are cached)",
                            at_least=1, at_most=MAX_COUNT)
     lora_targets: tuple[str, ...] = key(("qkv", "proj"), 'attention projections given LoRA: "qkv", "proj"')
+    moe_experts: int = key(0, "experts of the local mixture-of-experts adapter before the head, kept on each site "
+                              "(0: none)", at_least=0, at_most=MAX_CLASSES)
+    moe_hidden: int = key(32, "hidden channels of each expert", at_least=1, at_most=MAX_CHANNELS)
+    moe_router: str = key("pixel", "experts' gates per pixel or per image (from its mean feature)",
+                          choices=ROUTERS)
+    moe_balance: float = key(0.01, "weight of the experts' load-balancing term (squared CV of the mean gates)",
+                             at_least=0)
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,8 @@ class FedConfig:
                                             'modules ("head.lin")')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
     distill: str = key("cosine", "distillation: cosine or kl", choices=DISTILL_KINDS)
+    personal_steps: int = key(0, "two-phase round: steps fine-tuning the local groups (MoE, fed.local_params) after "
+                                 "the shared ones (0: one joint phase)", at_least=0, at_most=MAX_COUNT)
     min_clients: int = key(1, "fewer usable updates in a round end the run", at_least=1)
     max_samples: int = key(10_000_000, "a site claiming more samples is left out of the round", at_least=1)
     max_update_ratio: float = key(10.0, "a site whose update moves the model by more than this times its norm "
@@ -327,6 +337,11 @@ def _check_together(c: Config) -> None:
         if getattr(data, size_key) % patch:
             raise ConfigError(f"config key 'data.{size_key}' must be a multiple of the patch size {patch} of "
                               f"model.backbone {c.model.backbone!r}, got {getattr(data, size_key)}")
+    if c.fed.personal_steps and c.fed.strategy in ("centralized", "local"):
+        raise ConfigError(f"config key 'fed.personal_steps' applies to federated strategies, not {c.fed.strategy!r}")
+    if c.fed.personal_steps and not (c.model.moe_experts or c.fed.local_params):
+        raise ConfigError("config key 'fed.personal_steps' needs something local to fine-tune: set "
+                          "model.moe_experts or fed.local_params")
     if c.model.weights not in ("random", "timm") and not Path(c.model.weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
 

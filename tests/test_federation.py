@@ -89,6 +89,35 @@ def test_personalized_head_module_and_distillation(tmp_path):
     assert metrics["rounds"][0]["loss"] != plain["rounds"][0]["loss"]  # the distillation term changes training
 
 
+@pytest.mark.parametrize("case", ["fedavg", "fedcc-kmeans", "supervised-fedavg"])
+def test_moe_with_two_phase_rounds_cli(tmp_path, case):
+    """``fussfast run`` with a local MoE and two-phase rounds: every site is scored with its own
+    model (the global arrays plus its MoE), and the MoE never travels."""
+    strategy = case.removeprefix("supervised-")
+    extra = ["task=\"supervised\""] if case.startswith("supervised") else []
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fussfast", "run", "--out", str(out), "--set", "model.moe_experts=3",
+           "--set", "fed.personal_steps=2", "--set", "fed.distill_weight=1", "--set", f"fed.strategy=\"{strategy}\"",
+           *[a for s in TINY + extra + [f"cache_dir=\"{tmp_path.parent / 'shared-cache'}\""] for a in ("--set", s)]]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = metrics["final"]["clients"]
+    assert set(final) == {"site0", "site1", "site2"} and all(0 <= s["miou"] <= 100 for s in final.values())
+    tensors, _ = load_checkpoint(out / "checkpoint")
+    for site in ("site0", "site1"):  # each site's MoE trained on the site (the global copy never moves)
+        assert not torch.equal(tensors[f"client/{site}/model/moe.router.weight"], tensors["global/moe.router.weight"])
+    assert any(k.startswith("client/site0/opt/moe/") for k in tensors)  # its Adam moments
+    head = tensors["global/head.lin.weight"]
+    torch.testing.assert_close(tensors["client/site0/model/head.lin.weight"], head, rtol=0, atol=0)
+    moe_bytes = sum(v.numel() * 4 for k, v in tensors.items() if k.startswith("client/site0/model/moe."))
+    shared_bytes = sum(v.numel() * v.element_size() for k, v in tensors.items()
+                       if k.startswith("global/") and not k.startswith("global/moe."))
+    assert moe_bytes and metrics["rounds"][0]["bytes"]["site0"] == {"up": shared_bytes, "down": shared_bytes}
+    model = load_file(str(out / "model.safetensors"))
+    assert {k.split("/")[0] for k in model} == {"site0", "site1", "site2"} and "site2/moe.router.weight" in model
+
+
 def test_local_params_errors(tmp_path):
     with pytest.raises(ConfigError, match="'head.nope' names no parameters"):
         run(tiny(tmp_path, "fed.strategy=\"fedavg\"", 'fed.local_params=["head.nope"]'), tmp_path)
@@ -117,9 +146,15 @@ def test_checkpoint_skeleton_round_trip():
         flatten({"a": object()}, "x", {})
 
 
-@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon"])
+# MoE: the adapters and their Adam moments live on the sites, fine-tuned in a second phase
+MOE = ["model.moe_experts=3", "model.moe_hidden=8", "fed.personal_steps=2", "fed.distill_weight=1.0"]
+
+
+@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon", "moe-moon",
+                                      "supervised-moe-fedavg"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
-    extra = [f"fed.strategy=\"{strategy.removeprefix('supervised-')}\"", "fed.rounds=3"]
+    name = strategy.removeprefix("supervised-").removeprefix("moe-")
+    extra = [f"fed.strategy=\"{name}\"", "fed.rounds=3", *(MOE if "moe-" in strategy else [])]
     if strategy != "local":
         extra.append("fed.clients_per_round=2")
     if strategy.startswith("supervised"):  # BackCE + contrast: the region memory is rebuilt each round
@@ -144,6 +179,9 @@ def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["completed_rounds"] == 2
     resumed = run(config, tmp_path / "cut", resume=True)
     assert comparable(resumed) == comparable(whole)
+    if "moe-" in strategy:  # the personalized models are what is scored and saved
+        assert resumed["rounds"][-1]["clients"] != whole["rounds"][0]["clients"]
+        assert "site0/moe.router.weight" in load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert load_file(str(tmp_path / "cut" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "whole" / "model.safetensors")).keys()
 

@@ -165,3 +165,36 @@ def test_unscored_rounds_send_no_evaluation():
     s = FussfastStrategy(make_strategy("fedavg"), CURRENT, rounds=5, eval_every=2, offset=2)
     assert [s.scored(r) for r in (1, 2, 3)] == [False, True, True]  # rounds 3, 4, 5 of the federation
     assert s.configure_evaluate(1, None, None, None) == []
+
+
+def test_client_app_keeps_the_moe_in_the_node_state(tmp_path):
+    """The ClientApp's reply carries no MoE; the node's ``context.state`` carries the MoE and its
+    Adam moments into the next round's client."""
+    from flwr.app import Context
+
+    from fussfast.assemble import prepare
+    from fussfast.config import load_config
+    from fussfast.flower.client_app import _site_client, train
+    from fussfast.flower.common import CLIENT_STATE, to_torch
+
+    overrides = ["data.sites=2", "data.images_per_site=6", "data.eval_images=4", "data.image_size=16",
+                 "data.eval_size=16", "train.local_steps=2", "train.batch_size=3", "model.precision=\"fp32\"",
+                 "fed.strategy=\"fedavg\"", "model.moe_experts=2", "model.moe_hidden=4", "fed.personal_steps=2",
+                 "fed.distill_weight=1.0", f"cache_dir=\"{tmp_path / 'cache'}\""]
+    context = Context(run_id=1, node_id=0, node_config={"site": "site1"}, state=RecordDict(),
+                      run_config={"set": "; ".join(overrides)})
+    setup = prepare(load_config(None, overrides), sites=["site1"])
+    fresh = setup.site_model("site1").arrays()
+    shared = {k: v for k, v in fresh.items() if not k.startswith("moe.")}
+    reply("site1", 1, [0.0], [[0.0]])  # sets the task identity a Message needs
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(shared), "config": ConfigRecord({"server-round": 1})}),
+                  dst_node_id=0, message_type="train")
+    out = train(msg, context)
+    assert set(to_torch(out.content["arrays"])) == set(shared)  # the MoE never travels
+    state = to_torch(context.state.array_records[CLIENT_STATE])
+    assert any(k.startswith("c/opt/moe/") for k in state)
+    assert not torch.equal(state["c/model/moe.router.weight"], fresh["moe.router.weight"])  # fine-tuned
+    _, _, client, strategy = _site_client(context)  # the next round's client, built from the node's state
+    assert strategy.local_params == ("moe",)
+    for k, v in client.model.arrays().items():
+        assert torch.equal(v, state[f"c/model/{k}"]), k

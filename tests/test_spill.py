@@ -53,10 +53,15 @@ def counting(monkeypatch, cls, method):
     return calls
 
 
-@pytest.mark.parametrize("task", ["moon", "supervised"])
+# a local MoE fine-tuned in a second phase: its arrays and Adam moments are spilled with the rest
+MOE = ["fed.strategy=\"fedavg\"", "model.moe_experts=2", "model.moe_hidden=4", "fed.personal_steps=1",
+       "fed.distill_weight=1.0"]
+
+
+@pytest.mark.parametrize("task", ["moon", "supervised", "moe"])
 def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, task):
     config = tiny(cache, "data.sites=5", "fed.clients_per_round=2", "fed.rounds=4",
-                  *(MOON if task == "moon" else SUPERVISED))
+                  *{"moon": MOON, "supervised": SUPERVISED, "moe": MOE}[task])
     kept = prepare(config).federation()  # prepare seeds torch: both federations start alike
     kept_records = rounds(kept, 4)
     reads = counting(monkeypatch, Client, "_read_back")
@@ -75,6 +80,9 @@ def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, 
     assert not differ, differ  # models, Adam moments, MOON heads, RNG states: bit for bit
     if task == "moon":
         assert all(c["previous"] for c in spilled_meta["clients"].values())
+    if task == "moe":
+        assert any(k.endswith("/model/moe.router.weight") for k in kept_tensors)
+        assert any("/opt/moe/" in k for k in kept_tensors)
 
 
 def test_memory_holds_at_most_the_sampled_clients(cache, tmp_path, monkeypatch):

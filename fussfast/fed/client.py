@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -28,6 +29,12 @@ class Client:
     representations (codes, or the supervised head's embeddings) of the round's starting model
     (the global arrays plus this client's local ones) and the local ones (``distill``: cosine or kl).
 
+    ``personal_steps`` > 0 makes the round two-phase (pFedSAM's decoupled global-local
+    fine-tuning): phase 1 trains the shared arrays for ``local_steps`` with the MoE bypassed
+    and no distillation, and is the update; phase 2 then trains only the local groups (the MoE,
+    ``fed.local_params``) for ``personal_steps`` with ``distill_weight · code_distill`` from the
+    phase-1 global model (MoE bypassed) to the personalized one.
+
     For federations of many sites everything is made when first needed: ``model`` may be a
     function that builds it (``started`` tells whether it has been), ``data`` a ``LazyFeatureSet``
     that ``fit`` releases again, and the kNN table is computed at the first fit. ``spill`` writes
@@ -36,12 +43,13 @@ class Client:
 
     def __init__(self, name: str, data: FeatureSet | LazyFeatureSet, model: LocalModel | Callable[[], LocalModel],
                  *, local_steps: int, batch_size: int, table: torch.Tensor | None = None,
-                 distill_weight: float = 0.0, distill: str = "cosine"):
+                 distill_weight: float = 0.0, distill: str = "cosine", personal_steps: int = 0):
         self.name, self.data = name, data
         self._model, self._new_model = (model, None) if isinstance(model, LocalModel) else (None, model)
         self.local_steps, self.batch_size = local_steps, batch_size
         self._table = table
         self.distill_weight, self.distill = distill_weight, distill
+        self.personal_steps = personal_steps
         self.previous: dict[str, torch.Tensor] | None = None  # head after the last fit (MOON)
         self.spilled: Path | None = None  # the file holding this client's state while it is out of memory
 
@@ -83,38 +91,66 @@ class Client:
 
     def fit(self, global_arrays: dict[str, torch.Tensor], strategy: Strategy, generator: torch.Generator) -> Update:
         self.model.load_arrays(strategy.shared(global_arrays))  # first: reads a spilled state (MOON's head too)
-        head = self.model.head
+        two_phase = self.personal_steps > 0
+        try:
+            # phase 1 (or the one joint phase): the shared arrays, the MoE bypassed when two-phase
+            with (self.model.phase(lambda k: not strategy.is_local(k), adapting=False) if two_phase
+                  else contextlib.nullcontext()):
+                losses = self.model.train_steps(self.data.get(), self.table, self.local_steps, self.batch_size,
+                                                generator, extra=self._client_terms(strategy, not two_phase))
+                teacher = _frozen(self.model.representation()) if two_phase else None  # the global model
+            update = Update(self.name, strategy.shared(self.model.arrays()), self.num_samples,
+                            {"loss": sum(losses) / len(losses)})
+            if two_phase:  # phase 2: the local groups only, distilled from the phase-1 global model
+                with self.model.phase(strategy.is_local):
+                    self.model.train_steps(self.data.get(), self.table, self.personal_steps, self.batch_size,
+                                           generator, extra=self._distill_term(teacher))
+        finally:
+            self.data.release()
+        if strategy.code_terms:
+            self.previous = {k: v.detach().clone() for k, v in self.model.head.state_dict().items()}
+        return update
+
+    def _client_terms(self, strategy: Strategy, distill: bool):
+        """``extra`` for ``train_steps``: the strategy's client terms (FedProx, MOON) and, when
+        ``distill``, the distillation from the round's starting model."""
         moon = strategy.code_terms and self.previous is not None
-        reference = _frozen(head) if moon or self.distill_weight > 0 else None
+        distill = distill and self.distill_weight > 0
+        reference = _frozen(self.model.representation()) if moon or distill else None
         previous = None
         if moon:
-            previous = _frozen(head)
-            previous.load_state_dict(self.previous)
-        trained = self.model.trained_parameters()  # the head's, and LoRA's when on
+            previous = _frozen(self.model.representation())
+            previous.head.load_state_dict(self.previous)
+        trained = self.model.trained_parameters()  # the head's, LoRA's (and the centroids, the MoE: not penalized)
         anchor = {k: v.detach().clone() for k, v in trained.items()}
 
         def extra(h, feats, code):
             total = strategy.client_penalty(trained, anchor)
             if reference is not None:
                 with torch.no_grad():
-                    target = reference.representation(feats)
-                    before = previous.representation(feats) if previous is not None else None
+                    target = reference(feats)
+                    before = previous(feats) if previous is not None else None
                 if before is not None:
                     total = total + strategy.client_contrast(code, target, before)
-                if self.distill_weight > 0:
+                if distill:
                     total = total + self.distill_weight * code_distill(code, target, self.distill)
             return total
 
         extra.needs_code = reference is not None  # the step may skip codes no loss reads
-        try:
-            losses = self.model.train_steps(self.data.get(), self.table, self.local_steps, self.batch_size,
-                                            generator, extra=extra)
-        finally:
-            self.data.release()
-        if strategy.code_terms:
-            self.previous = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        return Update(self.name, strategy.shared(self.model.arrays()), self.num_samples,
-                      {"loss": sum(losses) / len(losses)})
+        return extra
+
+    def _distill_term(self, teacher: torch.nn.Module):
+        """Phase 2's ``extra``: ``distill_weight · code_distill(local, teacher)``; None when 0."""
+        if self.distill_weight == 0:
+            return None
+
+        def extra(h, feats, code):
+            with torch.no_grad():
+                target = teacher(feats)
+            return self.distill_weight * code_distill(code, target, self.distill)
+
+        extra.needs_code = True
+        return extra
 
     def evaluate(self, data: FeatureSet, num_classes: int) -> dict:
         return self.model.scores(data, num_classes)

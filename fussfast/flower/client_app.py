@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fussfast.assemble import prepare
-from fussfast.flower.common import CLIENT_STATE, SITE, config_from, round_of, site_of, to_torch
+from fussfast.flower.common import CLIENT_STATE, CLIENT_STATE_META, SITE, config_from, round_of, site_of, to_torch
 
 client_app = ClientApp()
 
@@ -23,7 +23,7 @@ def _site_client(context: Context):
     client = setup.clients()[site]
     strategy = setup.strategy(client.model.arrays())
     if CLIENT_STATE in context.state.array_records:  # this node's state from its previous rounds
-        meta = json.loads(context.state.config_records[CLIENT_STATE]["meta"])
+        meta = json.loads(context.state.config_records[CLIENT_STATE_META]["meta"])
         client.load_state("c", to_torch(context.state.array_records[CLIENT_STATE]), meta)
     return config, site, client, strategy
 
@@ -38,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     tensors: dict[str, torch.Tensor] = {}
     meta = client.state("c", tensors)
     context.state.array_records[CLIENT_STATE] = ArrayRecord(tensors)
-    context.state.config_records[CLIENT_STATE] = ConfigRecord({"meta": json.dumps(meta)})
+    context.state.config_records[CLIENT_STATE_META] = ConfigRecord({"meta": json.dumps(meta)})
     return Message(content=RecordDict({
         "arrays": ArrayRecord(update.arrays),
         "metrics": MetricRecord({"num-examples": update.num_samples, "loss": float(update.metrics["loss"])}),

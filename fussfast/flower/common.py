@@ -9,7 +9,9 @@ from flwr.app import ArrayRecord, Context
 from fussfast.config import Config, load_config
 
 SITE = "site"  # the ConfigRecord of a reply that names its site
-CLIENT_STATE = "fussfast-client"  # the node's state between rounds (context.state)
+CLIENT_STATE = "fussfast-client"  # the node's state between rounds (context.state): its tensors
+# and, under its own name (a RecordDict holds one record per name, of any type), its JSON part
+CLIENT_STATE_META = "fussfast-client-meta"
 ROUND_OFFSET = "round-offset"  # train config: rounds completed before this ServerApp started (resume)
 
 

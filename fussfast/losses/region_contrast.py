@@ -73,9 +73,10 @@ class RegionContrast:
 
     @torch.no_grad()
     def memory(self, head: nn.Module, features: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor,
-               batch_size: int = 64) -> RegionMemory:
+               batch_size: int = 64, adapt=None) -> RegionMemory:
         """``features`` [N, C, h, w]; ``labels`` [N, H, W] (-1: unlabelled); ``labelled`` [N, K]
-        bool, the classes annotated in each image's site. ``head`` returns (logits, embeddings)."""
+        bool, the classes annotated in each image's site. ``head`` returns (logits, embeddings);
+        ``adapt(features, channels_last)`` (e.g. a mixture of experts) maps each batch before the head."""
         was_training = head.training
         head.eval()
         device = next(head.parameters()).device
@@ -83,11 +84,12 @@ class RegionContrast:
         sparse = self.backend == "fused" and hasattr(head, "trunk_rows")
         for b in range(0, features.shape[0], batch_size):  # batches bound the memory, not a loop over images
             if sparse:  # channels-last, embeddings only where a label reaches region_pool
-                logits, h = head.trunk_rows(channels_last(features[b:b + batch_size], device,
-                                                          head.lin.weight.dtype))
+                x = channels_last(features[b:b + batch_size], device, head.lin.weight.dtype)
+                logits, h = head.trunk_rows(x if adapt is None else adapt(x, channels_last=True))
                 logits = logits.permute(0, 3, 1, 2)
             else:
-                logits, embed = head(features[b:b + batch_size].to(device))
+                x = features[b:b + batch_size].to(device)
+                logits, embed = head(x if adapt is None else adapt(x))
             lab = labels_at(labels[b:b + batch_size].to(device), logits.shape[-2:])
             confidence, pseudo = logits.softmax(1).max(1)
             known = labelled[b:b + batch_size].to(device)

@@ -1,11 +1,19 @@
-"""What both tasks' local models share: a ``head`` on cached features, predictions, scoring."""
+"""What both tasks' local models share: a ``head`` on cached features, the optional mixture of
+experts in front of it, predictions, scoring."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
 import torch
+from torch import nn
 
 from fussfast.eval import confusion_matrix, scores
 from fussfast.features import FeatureSet
+from fussfast.model.moe import MixtureAdapter, balance_loss
+
+MOE = "moe"  # the arrays' prefix of the mixture of experts (a local group: it never travels)
 
 
 def load_head(head: torch.nn.Module, arrays: dict[str, torch.Tensor], others: tuple[str, ...] = ()) -> None:
@@ -18,20 +26,41 @@ def load_head(head: torch.nn.Module, arrays: dict[str, torch.Tensor], others: tu
     head.load_state_dict(state)
 
 
-class LocalModel:
-    """What both local models share: a ``head`` on cached features, predictions, the confusion matrix.
+class Representation(nn.Module):
+    """What MOON and distillation compare between models, from raw features: the head's
+    representation of ``moe(features)``, or of the features themselves without ``moe``."""
 
-    ``encoder`` (LoRA on the backbone, ``fussfast.model.encoder``): the cached inputs are then the
-    frozen backbone's tokens before the adapted blocks, and ``encode`` turns them into the head's
-    input features; the LoRA factors are the model's ``lora.*`` arrays, trained with the head."""
+    def __init__(self, head: nn.Module, moe: MixtureAdapter | None):
+        super().__init__()
+        self.head, self.moe = head, moe
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head.representation(feats if self.moe is None else self.moe(feats))
+
+
+class LocalModel:
+    """What both local models share: a ``head`` on cached inputs, what sits in front of it,
+    predictions, the confusion matrix.
+
+    In front of the head, in this order (each optional):
+
+    - ``encoder`` (LoRA on the backbone, ``fussfast.model.encoder``): the cached inputs are then
+      the frozen backbone's tokens before the adapted blocks, and ``encode`` turns them into
+      features; its factors are the ``lora.*`` arrays, trained with the head by the head's Adam.
+    - ``moe``, the local mixture of experts (arrays ``moe.*``, its own Adam): ``head_input``
+      adapts the features the head reads.
+    """
 
     matching = "hungarian"  # how predictions map to classes when scoring
     device: torch.device
-    head: torch.nn.Module
-    encoder: torch.nn.Module | None = None
+    head: nn.Module
+    encoder: nn.Module | None = None
+    moe: MixtureAdapter | None = None
+    moe_balance = 0.0  # weight of the experts' load-balancing term
+    adapting = True  # False: the MoE is bypassed (phase 1 of a two-phase round trains the global model)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's input features for cached inputs ``x``: ``x`` itself without an encoder."""
+        """The features of cached inputs ``x``: ``x`` itself without an encoder."""
         return x if self.encoder is None else self.encoder(x)
 
     def encoded(self, cached: torch.Tensor) -> "Encoded | torch.Tensor":
@@ -39,13 +68,9 @@ class LocalModel:
         view that encodes each slice when read (no site-sized feature copy)."""
         return cached if self.encoder is None else Encoded(cached, self.encode)
 
-    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The trained parameters under their array names (``head.…``, ``lora.…``), as the
-        strategies' client terms read them."""
-        out = {f"head.{k}": p for k, p in self.head.named_parameters()}
-        if self.encoder is not None:
-            out.update({f"lora.{k}": p for k, p in self.encoder.lora.named_parameters()})
-        return out
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """LoRA's factors (none without an encoder): the head's Adam trains them."""
+        return [] if self.encoder is None else list(self.encoder.parameters())
 
     def encoder_arrays(self) -> dict[str, torch.Tensor]:
         if self.encoder is None:
@@ -65,6 +90,72 @@ class LocalModel:
             state.update({k.removeprefix("lora."): arrays[k] for k in names})
             self.encoder.lora.load_state_dict(state)
         return names
+
+    def _add_moe(self, dim: int, experts: int, hidden: int, router: str, balance: float, lr: float) -> None:
+        """A MoE of ``experts`` experts in front of the head (none if 0), trained by its own Adam."""
+        if experts > 0:
+            self.moe = MixtureAdapter(dim, experts, hidden, router).to(self.device)
+            self.moe_balance = balance
+            self.moe_opt = torch.optim.Adam(self.moe.parameters(), lr=lr)
+
+    def head_input(self, feats: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """What the head reads: the frozen features through the MoE (when there is one and it is
+        not bypassed), in the features' layout (NCHW, or channels-last whole images) and dtype.
+        Every path (training, fused training, predictions, the region memory) goes through here."""
+        if self.moe is None or not self.adapting:
+            return feats
+        return self.moe.rows(feats) if channels_last else self.moe(feats)
+
+    def balance_term(self):
+        """The MoE's load-balancing term on the last ``head_input``'s gates, weighted (0 without)."""
+        if self.moe is None:
+            return 0
+        gates, self.moe.last_gates = self.moe.last_gates, None  # taken once: no graph outlives the step
+        if not self.adapting or gates is None or self.moe_balance == 0:
+            return 0
+        return self.moe_balance * balance_loss(gates)
+
+    def representation(self) -> Representation:
+        """The model's representation of raw features (``Representation``; shares the parameters)."""
+        return Representation(self.head, self.moe if self.adapting else None)
+
+    def _moe_arrays(self) -> dict[str, torch.Tensor]:
+        if self.moe is None:
+            return {}
+        return {f"{MOE}.{k}": v.detach().cpu().clone() for k, v in self.moe.state_dict().items()}
+
+    def _load_moe(self, arrays: dict[str, torch.Tensor]) -> None:
+        given = {k.removeprefix(MOE + "."): v for k, v in arrays.items() if k.startswith(MOE + ".")}
+        if given and self.moe is None:
+            raise KeyError(f"load_arrays: unknown arrays {sorted(given)} (the model has no MoE)")
+        if given:
+            self.moe.load_state_dict({**self.moe.state_dict(), **given})
+
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        """Every trained parameter by its array name (``arrays()``'s names: ``head.…``, ``lora.…``,
+        ``moe.…``), as the strategies' client terms and ``phase`` read them."""
+        params = {f"head.{k}": p for k, p in self.head.named_parameters()}
+        if self.encoder is not None:
+            params.update({f"lora.{k}": p for k, p in self.encoder.lora.named_parameters()})
+        if self.moe is not None:
+            params.update({f"{MOE}.{k}": p for k, p in self.moe.named_parameters()})
+        return params
+
+    @contextlib.contextmanager
+    def phase(self, trains: Callable[[str], bool], adapting: bool = True):
+        """Within: only the parameters whose array name ``trains`` accepts get gradients; Adam
+        steps no parameter without one, so the others stay bit-exact (their moments too).
+        ``adapting=False`` bypasses the MoE (the head reads the raw features)."""
+        frozen = [p for k, p in self.trained_parameters().items() if p.requires_grad and not trains(k)]
+        before, self.adapting = self.adapting, adapting
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            self.adapting = before
 
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError

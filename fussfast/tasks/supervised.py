@@ -11,7 +11,7 @@ from fussfast.losses import RegionContrast
 from fussfast.model import SupervisedHead
 from fussfast.ops import back_ce
 from fussfast.ops.bilinear_sample import channels_last
-from fussfast.tasks.base import LocalModel, load_head
+from fussfast.tasks.base import MOE, LocalModel, load_head
 
 OBJECTIVES = ("ce", "backce", "backce+contrast")
 
@@ -24,13 +24,16 @@ class SupervisedModel(LocalModel):
     ``ce`` ignores unlabelled pixels (BackCE with every class present); ``backce`` sends them to
     the classes the image's site does not annotate. With the contrast, the region memory is built
     from the head as it is when ``train_steps`` starts (the global model, at a round's start).
+    With ``moe_experts`` > 0 a ``MixtureAdapter`` sits in front of the head (``head_input``, its
+    own Adam at ``lr``, its load-balancing term weighted by ``moe_balance``).
     """
 
     matching = "identity"
 
     def __init__(self, feat_dim: int, num_classes: int, *, embed_dim: int = 256, objective: str = "backce+contrast",
                  contrast: RegionContrast | None = None, lr: float = 5e-4, backend: str = "fused",
-                 head_dtype: torch.dtype | None = None, encoder: torch.nn.Module | None = None,
+                 head_dtype: torch.dtype | None = None, moe_experts: int = 0, moe_hidden: int = 32,
+                 moe_router: str = "pixel", moe_balance: float = 0.01, encoder: torch.nn.Module | None = None,
                  device: torch.device | str = "cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"SupervisedModel: objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -42,21 +45,26 @@ class SupervisedModel(LocalModel):
         self.contrast = None
         if objective == "backce+contrast":
             self.contrast = contrast or RegionContrast(num_classes, backend=backend)
-        self.opt = torch.optim.Adam(self.trained_parameters().values(), lr=lr)  # head and LoRA
+        self.opt = torch.optim.Adam([*self.head.parameters(), *self.encoder_parameters()], lr=lr)
+        self._add_moe(feat_dim, moe_experts, moe_hidden, moe_router, moe_balance, lr)
 
     def arrays(self) -> dict[str, torch.Tensor]:
+        """The head's parameters, LoRA's (``lora.*``) and the MoE's (``moe.*``, which never travels)."""
         return {**{f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
-                **self.encoder_arrays()}
+                **self.encoder_arrays(), **self._moe_arrays()}
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            load_head(self.head, arrays, self.load_encoder(arrays))
+            load_head(self.head, arrays, (*self.load_encoder(arrays), *(k for k in arrays if k.startswith(MOE + "."))))
+            self._load_moe(arrays)
 
     def optimizer_states(self) -> dict:
-        return {"head": self.opt.state_dict()}
+        return {"head": self.opt.state_dict(), **({MOE: self.moe_opt.state_dict()} if self.moe is not None else {})}
 
     def load_optimizer_states(self, states: dict) -> None:
         self.opt.load_state_dict(states["head"])
+        if self.moe is not None:
+            self.moe_opt.load_state_dict(states[MOE])
 
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
                     generator: torch.Generator, extra=None) -> list[float]:
@@ -66,7 +74,8 @@ class SupervisedModel(LocalModel):
         labels = data.training_labels(K)
         every = torch.ones(data.features.shape[0], K, dtype=torch.bool)
         labelled = every if data.labelled is None or self.objective == "ce" else data.labelled
-        memory = (self.contrast.memory(self.head, self.encoded(data.features), labels, labelled)
+        memory = (self.contrast.memory(self.head, self.encoded(data.features), labels, labelled,
+                                       adapt=self.head_input)
                   if self.contrast is not None else None)
         self.head.train()
         losses = []
@@ -80,12 +89,13 @@ class SupervisedModel(LocalModel):
             if sparse:
                 x = channels_last(self.encode(data.features[idx]), self.device, self.head.input_dtype)
                 mask = self.head.channel_mask(len(idx), self.device)
-                logits, h = self.head.trunk_rows(x, None if mask is None else mask[:, None, None])
+                logits, h = self.head.trunk_rows(self.head_input(x, channels_last=True),
+                                                 None if mask is None else mask[:, None, None])
                 logits = logits.permute(0, 3, 1, 2).contiguous()  # NCHW before the upsampling
                 feats, embed = x.permute(0, 3, 1, 2), None
             else:
                 feats = self.encode(data.features[idx].to(self.device)).float()
-                logits, embed = self.head(feats)
+                logits, embed = self.head(self.head_input(feats))
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = back_ce(logits, target, labelled[idx].to(self.device), ignore_index=-1, backend=self.backend)
             if memory is not None:
@@ -96,9 +106,12 @@ class SupervisedModel(LocalModel):
                                                           memory, generator)
                 else:
                     loss = loss + self.contrast(embed, batch_labels, memory, generator)
-            self.opt.zero_grad()
-            (loss + (extra(self.head, feats, embed) if extra else 0)).backward()
-            self.opt.step()
+            optimizers = [self.opt, *([self.moe_opt] if self.moe is not None else [])]
+            for opt in optimizers:
+                opt.zero_grad()
+            (loss + self.balance_term() + (extra(self.head, feats, embed) if extra else 0)).backward()
+            for opt in optimizers:
+                opt.step()
             losses.append(float(loss.detach()))
         return losses
 
@@ -106,7 +119,7 @@ class SupervisedModel(LocalModel):
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Class per pixel from the (flip-averaged) logits, bilinearly upsampled to ``size``."""
         self.head.eval()
-        logits = self.head(self.encode(features.to(self.device)))[0]
+        logits = self.head(self.head_input(self.encode(features.to(self.device))))[0]
         if flipped is not None:
-            logits = (logits + self.head(self.encode(flipped.to(self.device)))[0].flip(-1)) / 2
+            logits = (logits + self.head(self.head_input(self.encode(flipped.to(self.device))))[0].flip(-1)) / 2
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)

@@ -10,15 +10,19 @@ from fussfast.features import FeatureSet
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
 from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
 from fussfast.ops.bilinear_sample import channels_last, tap_pixels
-from fussfast.tasks.base import LocalModel, load_head
+from fussfast.tasks.base import MOE, LocalModel, load_head
 
 
 class SiteModel(LocalModel):
-    """A head and a cluster probe with their optimizers (Adam: head 5e-4, probe 5e-3 by default)."""
+    """A head and a cluster probe with their optimizers (Adam: head 5e-4, probe 5e-3 by default);
+    with ``moe_experts`` > 0 a ``MixtureAdapter`` in front of the head (``head_input``; Adam at
+    ``head_lr``), its load-balancing term weighted by ``moe_balance``. The correspondence loss's
+    feature side reads the raw backbone features, only the head reads the adapted ones."""
 
     def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
                  num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
-                 backend: str = "fused", head_dtype: torch.dtype | None = None,
+                 backend: str = "fused", head_dtype: torch.dtype | None = None, moe_experts: int = 0,
+                 moe_hidden: int = 32, moe_router: str = "pixel", moe_balance: float = 0.01,
                  encoder: torch.nn.Module | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.encoder = encoder
@@ -27,28 +31,37 @@ class SiteModel(LocalModel):
         self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
         self.loss = CorrespondenceLoss(loss, backend=backend)
         self.num_neighbors = num_neighbors
-        self.head_opt = torch.optim.Adam(self.trained_parameters().values(), lr=head_lr)  # head and LoRA
+        self.head_opt = torch.optim.Adam([*self.head.parameters(), *self.encoder_parameters()], lr=head_lr)
         self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
+        self._add_moe(feat_dim, moe_experts, moe_hidden, moe_router, moe_balance, head_lr)
 
     def arrays(self) -> dict[str, torch.Tensor]:
-        """What travels to the server: the head's parameters and the centroids."""
+        """The head's parameters, the centroids and the MoE's (``moe.*``, which never travels)."""
         out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         out["centroids"] = self.probe.clusters.detach().cpu().clone()
-        return {**out, **self.encoder_arrays()}
+        return {**out, **self.encoder_arrays(), **self._moe_arrays()}
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
         """Sets the given arrays (all or some of ``arrays()``'s names); the rest stay as they are."""
         with torch.no_grad():
-            load_head(self.head, arrays, ("centroids", *self.load_encoder(arrays)))
+            load_head(self.head, arrays, ("centroids", *self.load_encoder(arrays),
+                                          *(k for k in arrays if k.startswith(MOE + "."))))
             if "centroids" in arrays:
                 self.probe.clusters.copy_(arrays["centroids"])
+            self._load_moe(arrays)
+
+    def trained_parameters(self):
+        return {**super().trained_parameters(), "centroids": self.probe.clusters}
 
     def optimizer_states(self) -> dict:
-        return {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
+        states = {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
+        return {**states, MOE: self.moe_opt.state_dict()} if self.moe is not None else states
 
     def load_optimizer_states(self, states: dict) -> None:
         self.head_opt.load_state_dict(states["head"])
         self.probe_opt.load_state_dict(states["probe"])
+        if self.moe is not None:
+            self.moe_opt.load_state_dict(states[MOE])
 
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
                     generator: torch.Generator, extra=None) -> list[float]:
@@ -64,17 +77,20 @@ class SiteModel(LocalModel):
             if fused:
                 feats, code, corr = self._fused_step(data.features, idx, pos, generator)
             else:
-                feats = self.encode(data.features[idx].to(self.device)).float()
-                feats_pos = self.encode(data.features[pos].to(self.device)).float()
-                code, code_pos = self.head(feats), self.head(feats_pos)
+                both = self.encode(data.features[torch.cat([idx, pos])].to(self.device)).float()
+                feats, feats_pos = both[:len(idx)], both[len(idx):]
+                adapted = self.head_input(both)  # one call: its gates balance both
+                code, code_pos = self.head(adapted[:len(idx)]), self.head(adapted[len(idx):])
                 points = self.loss.sample_points(len(idx), self.device, generator=generator)
-                corr = self.loss(feats, code, feats_pos, code_pos, points=points)
+                corr = self.loss(feats.detach(), code, feats_pos.detach(), code_pos, points=points)  # as _fused_step
             probe_loss, _ = self.probe(code.detach())
-            self.head_opt.zero_grad()
-            self.probe_opt.zero_grad()
-            (corr.total + probe_loss + (extra(self.head, feats, code) if extra else 0)).backward()
-            self.head_opt.step()
-            self.probe_opt.step()
+            optimizers = [self.head_opt, self.probe_opt, *([self.moe_opt] if self.moe is not None else [])]
+            for opt in optimizers:
+                opt.zero_grad()
+            extra_terms = extra(self.head, feats, code) if extra else 0
+            (corr.total + probe_loss + self.balance_term() + extra_terms).backward()
+            for opt in optimizers:
+                opt.step()
             losses.append(float((corr.total + probe_loss).detach()))
         return losses
 
@@ -87,13 +103,14 @@ class SiteModel(LocalModel):
         x = channels_last(self.encode(features[torch.cat([idx, pos])]), self.device,
                           self.head.input_dtype)  # [2B, H, W, C]
         _, H, W, C = x.shape
+        a = self.head_input(x, channels_last=True)  # what the head reads; the loss's feature side stays x
         masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
-        code = self.head.rows(x[:B], None if masks[0] is None else masks[0][:, None, None])
+        code = self.head.rows(a[:B], None if masks[0] is None else masks[0][:, None, None])
         points = self.loss.sample_points(B, self.device, generator=generator)
         used = torch.zeros(B, H * W, dtype=torch.bool, device=self.device)
         used.scatter_(1, tap_pixels(points.coords2.flatten(1, 2), H, W), True)
         where = used.view(-1).nonzero()[:, 0]  # the positives' pixels that are read
-        rows = self.head.rows(x[B:].reshape(-1, C)[where], None if masks[1] is None else masks[1][where // (H * W)])
+        rows = self.head.rows(a[B:].reshape(-1, C)[where], None if masks[1] is None else masks[1][where // (H * W)])
         code_pos = rows.new_zeros(B * H * W, rows.shape[1]).index_copy(0, where, rows).view(B, H, W, -1)
         # with LoRA the features' correlation stays the target: only the codes pass gradients back
         corr = self.loss.stacked(x.detach(), torch.cat([code, code_pos]), points=points)
@@ -103,8 +120,8 @@ class SiteModel(LocalModel):
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Cluster per pixel (flip-averaged codes when ``flipped`` is given), nearest-upsampled to ``size``."""
         self.head.eval()
-        code = self.head(self.encode(features.to(self.device)))
+        code = self.head(self.head_input(self.encode(features.to(self.device))))
         if flipped is not None:
-            code = (code + self.head(self.encode(flipped.to(self.device))).flip(-1)) / 2
+            code = (code + self.head(self.head_input(self.encode(flipped.to(self.device)))).flip(-1)) / 2
         labels = self.probe.labels(code)
         return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
