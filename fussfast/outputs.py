@@ -161,7 +161,8 @@ def check_resumable(config: Config, path: str | Path) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{state_file}: not valid JSON with a config ({type(e).__name__}: {e})") from None
     saved, now = _flat(saved) if isinstance(saved, dict) else {}, _flat(config.to_dict())
-    differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
+    defaults = _flat(Config().to_dict())  # a key newer than the checkpoint had its default then
+    differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k, defaults[k])]
     if differ:
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")
 

@@ -105,3 +105,15 @@ class SiteModel(LocalModel):
             code = (code + self.head(flipped.to(self.device)).flip(-1)) / 2
         labels = self.probe.labels(code)
         return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+    @torch.no_grad()
+    def log_probs(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int],
+                  alpha: float) -> torch.Tensor:
+        """As STEGO feeds its CRF: the flip-averaged codes bilinearly upsampled to ``size``, then
+        ``log_softmax(alpha · cosine to each centroid)``."""
+        self.head.eval()
+        code = self.head(features.to(self.device))
+        if flipped is not None:
+            code = (code + self.head(flipped.to(self.device)).flip(-1)) / 2
+        code = F.interpolate(code.float(), size=size, mode="bilinear", align_corners=False)
+        return self.probe(code, alpha, log_probs=True)
