@@ -164,3 +164,21 @@ def test_unscored_rounds_send_no_evaluation():
     s = FussfastStrategy(make_strategy("fedavg"), CURRENT, rounds=5, eval_every=2, offset=2)
     assert [s.scored(r) for r in (1, 2, 3)] == [False, True, True]  # rounds 3, 4, 5 of the federation
     assert s.configure_evaluate(1, None, None, None) == []
+
+
+def test_evaluate_replies_carry_dice_and_crf():
+    from fussfast.flower.common import flat_scores, nested_scores
+
+    scores = {"miou": 40.0, "acc": 70.0, "dice": 55.0, "crf": {"miou": 45.0, "acc": 72.0, "dice": 60.0}}
+    flat = flat_scores(scores)
+    assert flat == {"miou": 40.0, "acc": 70.0, "dice": 55.0, "crf-miou": 45.0, "crf-acc": 72.0, "crf-dice": 60.0}
+    plain = {k: scores[k] for k in ("miou", "acc", "dice")}
+    s = FussfastStrategy(make_strategy("fedavg"), CURRENT)
+    replies = []
+    for site, sent in (("a", scores), ("b", plain)):
+        msg = reply(site, 1, [0.0, 0.0], [[0.0], [0.0]])
+        msg.content["metrics"] = MetricRecord({"num-examples": 3, **flat_scores(sent)})
+        replies.append(msg)
+    s.aggregate_evaluate(1, replies)
+    assert s.pending["clients"] == {"a": scores, "b": plain}
+    assert nested_scores(MetricRecord({"num-examples": 3, **flat})) == scores
