@@ -86,7 +86,8 @@ def wait_until_up(url, proc, timeout):
 
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
 @pytest.mark.parametrize("task", ["fed.strategy=\"fedcc-maximin\"",
-                                  "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\""])
+                                  "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\"; "
+                                  "eval.crf=true; eval.crf_iterations=3"])
 def test_loopback_deployment_two_rounds(tmp_path, task):
     home = tmp_path / "flwr"
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -150,6 +151,8 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
         if "fedcc" in task:
             assert r["centroid_shift"] > 0  # the global centroids changed every round
         assert set(r["clients"]) == {"site0", "site1"} and 0 <= r["global"]["miou"] <= 100
+        for scores in (r["global"], *r["clients"].values()):  # the sites' Dice (and CRF figures) travel too
+            assert 0 <= scores["dice"] <= 100 and ("crf" in scores) == ("eval.crf" in task)
     if "fedcc" in task:
         assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
         assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
