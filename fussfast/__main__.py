@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             load_config(None, args.set)  # bad overrides fail before any work
             summary = run_demo(args.out, args.set)
             for name, s in summary["strategies"].items():
-                print(f"{name:>14}: global mIoU {s['final']['global']['miou']:.1f}")
+                g = s["final"]["global"]
+                print(f"{name:>14}: global mIoU {g['miou']:.1f}, Dice {g['dice']:.1f}")
             print(f"report: {args.out}/report.html ({summary['total_s']:.0f} s)")
         elif args.command == "report":
             from pathlib import Path
@@ -110,7 +111,9 @@ def _run(args) -> int:
         raise ValueError("--resume continues in its own directory; leave out --out")
     metrics = run_config(load_config(args.config, args.set), out, resume=bool(args.resume))
     final = metrics["final"]["global"]
-    print(f"final global mIoU {final['miou']:.1f}, accuracy {final['acc']:.1f} "
+    crf = final.get("crf")
+    crf = f", with the dense CRF mIoU {crf['miou']:.1f}, Dice {crf['dice']:.1f}" if crf else ""
+    print(f"final global mIoU {final['miou']:.1f}, Dice {final['dice']:.1f}, accuracy {final['acc']:.1f}{crf} "
           f"(majority-class baseline mIoU {metrics['baseline']['majority']['miou']:.1f}); "
           f"metrics in {out}/metrics.json")
     return 0

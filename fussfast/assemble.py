@@ -19,6 +19,7 @@ from fussfast.config import Config, ConfigError, DataConfig
 from fussfast.data import synthetic_federation
 from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, class_erased_split, cocostuff27,
                                     dirichlet_split, erased_site_classes, folder_federation)
+from fussfast.eval import DenseCRF
 from fussfast.features import FeatureSet, LazyFeatureSet, extract, on_disk, weights_digest
 from fussfast.fed.client import Client
 from fussfast.fed.loop import Federation
@@ -112,6 +113,10 @@ class Setup:
     seconds: float  # feature extraction (cache reads when warm)
     backbone: Callable[[], FrozenBackbone]  # built when first called, shared by every model of the process
     lora_blocks: tuple[int, ...] = ()  # the backbone blocks given LoRA (the features are their stem's tokens)
+
+    @property
+    def crf(self) -> DenseCRF | None:
+        return crf_of(self.config)
 
     @property
     def head_dtype(self) -> torch.dtype | None:
@@ -208,9 +213,18 @@ class Setup:
                               generator=torch.Generator().manual_seed(self.config.seed), min_clients=fed.min_clients,
                               clients_per_round=fed.clients_per_round, fraction=fed.fraction, after_round=after_round,
                               limits=self.limits(), eval_every=fed.eval_every,
-                              spill_dir=None if fed.keep_clients_in_memory else spill_dir)
+                              spill_dir=None if fed.keep_clients_in_memory else spill_dir, crf=self.crf)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def crf_of(config: Config) -> DenseCRF | None:
+    """The dense CRF that also scores the predictions (``eval.crf``), or None."""
+    e = config.eval
+    if not e.crf:
+        return None
+    return DenseCRF(e.crf_iterations, e.crf_gaussian_xy, e.crf_gaussian_weight, e.crf_bilateral_xy, e.crf_bilateral_rgb,
+                    e.crf_bilateral_weight, e.crf_alpha)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,12 +284,15 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
         return LazyFeatureSet(len(ds), read)
 
     train = {name: features(name, ds) for name, ds in datasets.items()}
+    for name, ds in datasets.items():  # read only by the CRF (eval.crf)
+        train[name].images = ds
     for name, classes in (labelled or {}).items():
         if name in train:  # the site annotates only ``classes``
             known = torch.zeros(data.num_classes, dtype=torch.bool)
             known[classes] = True
             train[name].labelled = known.expand(len(datasets[name]), -1)
     shared = features("eval", evaluation, lazy=False)
+    shared.images = evaluation
     head_precision = resolve_head_precision(model.head_precision, device)
     feature_dim = backbone().dim if lora_blocks else shared.features.shape[1]
     return Setup(config, device, precision, head_precision, train, shared, evaluation, feature_dim,

@@ -10,6 +10,7 @@ and every error message come from that one table; only checks between keys are w
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import tomllib
@@ -146,6 +147,20 @@ class FedConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    crf: bool = key(False, "also score the predictions refined by a dense CRF on the images (STEGO); needs "
+                           "fussfast[crf]")
+    crf_iterations: int = key(10, "CRF: mean-field iterations", at_least=1, at_most=MAX_COUNT)
+    crf_gaussian_xy: float = key(1.0, "CRF: width in pixels of the smoothness kernel", above=0)
+    crf_gaussian_weight: float = key(3.0, "CRF: weight of the smoothness kernel", at_least=0)
+    crf_bilateral_xy: float = key(67.0, "CRF: width in pixels of the appearance kernel", above=0)
+    crf_bilateral_rgb: float = key(3.0, "CRF: width in colour levels (0-255) of the appearance kernel", above=0)
+    crf_bilateral_weight: float = key(4.0, "CRF: weight of the appearance kernel", at_least=0)
+    crf_alpha: float = key(2.0, "unsupervised CRF: scale of the cluster cosines before the softmax (STEGO: 2)",
+                           above=0)
+
+
+@dataclass(frozen=True)
 class Config:
     task: str = key("unsupervised", "unsupervised (FUSS: clusters, Hungarian) or supervised (FedSeg: labels)",
                     choices=TASKS)
@@ -157,6 +172,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def supervised(self) -> bool:
@@ -171,7 +187,7 @@ class Config:
         return _build(self.to_dict(), overrides)
 
 
-SECTIONS = ("data", "model", "loss", "train", "fed")  # the tables of a config file
+SECTIONS = ("data", "model", "loss", "train", "fed", "eval")  # the tables of a config file
 
 
 def keys() -> list[tuple[str, dataclasses.Field, Any]]:
@@ -344,6 +360,8 @@ def _check_together(c: Config) -> None:
                           "model.moe_experts or fed.local_params")
     if c.model.weights not in ("random", "timm") and not Path(c.model.weights).is_file():
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
+    if c.eval.crf and importlib.util.find_spec("pydensecrf") is None:  # fail before any work, not at round 1
+        raise ConfigError('config key \'eval.crf\' needs pydensecrf2: pip install "fussfast[crf]"')
 
 
 def _plain(value: Any) -> Any:

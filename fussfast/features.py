@@ -23,6 +23,7 @@ class FeatureSet:
     masks: torch.Tensor  # [N, H, W] int64 ground truth (-1: ignore)
     flipped: torch.Tensor | None = None  # features of the flipped images
     labelled: torch.Tensor | None = None  # [N, K] bool: the classes each image's site annotates (None: all)
+    images: object = None  # the dataset the features come from (items (image, mask)): the CRF's images
 
     def training_labels(self, num_classes: int) -> torch.Tensor:
         """The labels a supervised site trains on: classes its site does not annotate become -1."""
@@ -45,11 +46,13 @@ class FeatureSet:
 class LazyFeatureSet:
     """A dataset's ``FeatureSet`` read by ``load()`` when first used (``get()``) and dropped by
     ``release()``, so that a federation of many sites maps only the sites in use. ``labelled``
-    (the site's annotated classes) is small and stays; ``loads`` counts the reads."""
+    (the site's annotated classes) and ``images`` (its dataset, read lazily) stay; ``loads``
+    counts the reads."""
 
     def __init__(self, num_images: int, load: Callable[[], FeatureSet]):
         self.num_images, self._load, self._data = num_images, load, None
         self.labelled: torch.Tensor | None = None
+        self.images = None
         self.loads = 0
 
     def __len__(self) -> int:
@@ -58,7 +61,7 @@ class LazyFeatureSet:
     def get(self) -> FeatureSet:
         if self._data is None:
             self._data = self._load()
-            self._data.labelled = self.labelled
+            self._data.labelled, self._data.images = self.labelled, self.images
             self.loads += 1
         return self._data
 

@@ -161,7 +161,8 @@ def check_resumable(config: Config, path: str | Path) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{state_file}: not valid JSON with a config ({type(e).__name__}: {e})") from None
     saved, now = _flat(saved) if isinstance(saved, dict) else {}, _flat(config.to_dict())
-    differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
+    defaults = _flat(Config().to_dict())  # a key newer than the checkpoint had its default then
+    differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k, defaults[k])]
     if differ:
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")
 
@@ -190,8 +191,7 @@ def centroid_response(model: SiteModel, features: torch.Tensor) -> tuple[torch.T
     """How distinct the centroids are to the data: ``1 - corr`` of two centroids' cosine
     responses over the pixels of ``features`` (0: they respond alike, collapsed prototypes), and
     how many pixels each centroid wins."""
-    model.head.eval()
-    code = model.head(model.encode(features.to(model.device))).double()
+    code = model.codes(features).double()
     z = torch.nn.functional.normalize(code.permute(0, 2, 3, 1).reshape(-1, code.shape[1]), dim=1)
     sim = z @ torch.nn.functional.normalize(model.probe.clusters.double(), dim=1).T
     usage = torch.bincount(sim.argmax(1), minlength=sim.shape[1])

@@ -1,7 +1,7 @@
-"""An offline HTML report comparing runs: mIoU per round (global and per site), the final
-table, pairwise centroid-distance heatmaps (prototype collapse), sample predictions and
-communication. One self-contained file: inline SVG charts and base64 PNG images, no scripts
-and nothing fetched."""
+"""An offline HTML report comparing runs: mIoU and Dice per round (global and per site; with the
+dense CRF's figures when the runs have them, ``eval.crf``), the final table, pairwise
+centroid-distance heatmaps (prototype collapse), sample predictions and communication. One
+self-contained file: inline SVG charts and base64 PNG images, no scripts and nothing fetched."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fu
     loaded = {label: _load(Path(d)) for label, d in runs.items()}
     first = next(iter(loaded.values()))["metrics"]
     parts = [f"<h1>{html.escape(title)}</h1>", _setup(first), "<h2>Final results</h2>", _final_table(loaded),
-             "<h2>mIoU per round</h2>", _round_charts(loaded)]
+             "<h2>mIoU and Dice per round</h2>", _round_charts(loaded)]
     if any(r["samples"] is not None and "centroid_distance" in r["samples"] for r in loaded.values()):
         parts += ["<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded)]
     parts += ["<h2>Sample predictions</h2>", _samples(loaded), "<h2>Communication per round</h2>",
@@ -77,35 +77,59 @@ def _setup(m: dict) -> str:
             f"Majority-class baseline mIoU {m['baseline']['majority']['miou']:.1f}. {scoring}</p>")
 
 
+def _figure(scores: dict, key: str, crf: bool = False) -> float:
+    """``scores[key]`` (of the CRF-refined predictions when ``crf``); NaN when the run has no such figure
+    (Dice in runs older than it, the CRF when ``eval.crf`` was off)."""
+    scores = scores.get("crf", {}) if crf else scores
+    return float(scores.get(key, float("nan")))
+
+
+def _cell(value: float) -> str:
+    return f"<td>{value:.1f}</td>" if np.isfinite(value) else "<td>-</td>"
+
+
+def _with_crf(runs: dict) -> bool:
+    return any("crf" in r["metrics"]["final"]["global"] for r in runs.values())
+
+
 def _final_table(runs: dict) -> str:
     sites = list(next(iter(runs.values()))["metrics"]["final"]["clients"])
-    head = "".join(f"<th>{html.escape(s)} mIoU</th>" for s in sites)
-    rows = [f"<tr><th>strategy</th><th>global mIoU</th><th>global acc</th>{head}<th>MB sent</th>"
-            f"<th>wall s</th></tr>"]
+    crf = [False, True] if _with_crf(runs) else [False]
+    kinds = [(k, c) for c in crf for k in ("miou", "dice")]  # mIoU, Dice; then the same with the CRF
+    name = lambda k, c: ("mIoU" if k == "miou" else "Dice") + (" (CRF)" if c else "")  # noqa: E731
+    head = "".join(f"<th>global {name(k, c)}</th>" for k, c in kinds) + "<th>global acc</th>"
+    head += "".join(f"<th>{html.escape(s)} {name(k, c)}</th>" for s in sites for k, c in kinds)
+    rows = [f"<tr><th>strategy</th>{head}<th>MB sent</th><th>wall s</th></tr>"]
     for label, r in runs.items():
         m = r["metrics"]
         g, clients = m["final"]["global"], m["final"]["clients"]
         mb = sum(b["up"] + b["down"] for rd in m["rounds"] for b in rd.get("bytes", {}).values()) / 1e6
-        cells = "".join(f"<td>{clients[s]['miou']:.1f}</td>" if s in clients else "<td>-</td>" for s in sites)
-        rows.append(f"<tr><td>{html.escape(label)}</td><td>{g['miou']:.1f}</td><td>{g['acc']:.1f}</td>{cells}"
-                    f"<td>{mb:.2f}</td><td>{m['timings']['total_s']:.0f}</td></tr>")
+        cells = "".join(_cell(_figure(g, k, c)) for k, c in kinds) + _cell(g["acc"])
+        cells += "".join(_cell(_figure(clients.get(s, {}), k, c)) for s in sites for k, c in kinds)
+        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}<td>{mb:.2f}</td><td>{m['timings']['total_s']:.0f}</td>"
+                    "</tr>")
+    crf_note = (" (CRF): the predictions refined by a dense CRF on the images (eval.crf), matched and scored on "
+                "their own." if len(crf) > 1 else "")
     return ("<table>" + "".join(rows) + "</table><p class='note'>Global: the global model on the shared set "
             "(for local and personalized runs, the mean over the sites' own models). Per site: the same model on "
-            "that site's training images.</p>")
+            f"that site's training images. Dice = 2TP / (2TP + FP + FN), averaged over classes as mIoU is."
+            f"{crf_note}</p>")
 
 
 def _round_charts(runs: dict) -> str:
-    def series(key, site=None):
+    def series(key, site=None, crf=False):
         out = {}
         for label, r in runs.items():
             rounds = r["metrics"]["rounds"]
-            out[label] = [(rd["clients"][site] if site else rd["global"])[key] if "global" in rd and
+            out[label] = [_figure(rd["clients"][site] if site else rd["global"], key, crf) if "global" in rd and
                           (site is None or site in rd["clients"]) else float("nan") for rd in rounds]
         return out  # NaN: a round that was not scored (fed.eval_every), left out of the line
 
     sites = list(next(iter(runs.values()))["metrics"]["final"]["clients"])
-    charts = [line_chart(series("miou"), "global mIoU")]
-    charts += [line_chart(series("miou", s), f"{s} mIoU") for s in sites]
+    kinds = [(k, c) for c in ([False, True] if _with_crf(runs) else [False]) for k in ("miou", "dice")]
+    name = lambda k, c: ("mIoU" if k == "miou" else "Dice") + (" with CRF" if c else "")  # noqa: E731
+    charts = [line_chart(series(k, crf=c), f"global {name(k, c)}") for k, c in kinds]
+    charts += [line_chart(series(k, s, c), f"{s} {name(k, c)}") for s in sites for k, c in kinds]
     return f"<div class='row'>{''.join(charts)}</div>"
 
 

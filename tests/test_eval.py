@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fussfast.eval import confusion_matrix, hungarian_scores
+from fussfast.eval import confusion_matrix, hungarian_scores, identity_scores, mean_scores, scores
 
 
 def brute_force(hist):
@@ -55,3 +55,54 @@ def test_confusion_matrix_checks():
         confusion_matrix(torch.tensor([2]), torch.tensor([0]), 2, 2)
     hist = confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([255, 1, 7]), 2, 2, ignore_index=255)
     assert hist.tolist() == [[0, 0], [0, 1]]
+
+
+def dice_formula(matched):
+    """Per-class Dice of a matched ``[predicted class, true class]`` matrix, float64, straight
+    from the definition: 2|P ∩ T| / (|P| + |T|); NaN where the class is in neither."""
+    K = matched.shape[0]
+    out = np.full(K, np.nan)
+    for k in range(K):
+        both, predicted, true = matched[k, k], matched[k, :].sum(), matched[:, k].sum()
+        if predicted + true > 0:
+            out[k] = 2 * both / (predicted + true)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dice_against_the_formula_with_absent_classes(seed):
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(3, 8))
+    hist = rng.integers(0, 50, (K, K)).astype(np.int64)
+    absent = rng.choice(K, 2, replace=False)  # one class in neither prediction nor truth, one predicted only
+    hist[absent[0], :] = 0
+    hist[:, absent[0]] = 0
+    hist[:, absent[1]] = 0
+    hist[absent[1], absent[1] - 1] = 7
+    s = identity_scores(torch.from_numpy(hist))
+    dice = dice_formula(hist.astype(np.float64))
+    assert np.isnan(s.dice_per_class[absent[0]]) and np.isnan(s.iou[absent[0]])
+    assert s.dice_per_class[absent[1]] == 0  # predicted, never true: counts as 0 as mIoU does
+    np.testing.assert_allclose(s.dice_per_class, dice * 100, rtol=1e-12, equal_nan=True)
+    assert s.dice == pytest.approx(np.nanmean(dice) * 100, rel=1e-12)
+    iou = np.array(s.iou) / 100  # Dice = 2 IoU / (1 + IoU), class by class
+    np.testing.assert_allclose(np.array(s.dice_per_class) / 100, 2 * iou / (1 + iou), rtol=1e-12, equal_nan=True)
+    assert s.dice >= s.miou  # Dice >= IoU for every class
+
+
+def test_hungarian_dice_is_on_the_matched_matrix():
+    rng = np.random.default_rng(5)
+    K = 5
+    hist = rng.integers(0, 30, (K, K)) + np.diag(rng.integers(100, 200, K))  # cluster k is class k ...
+    perm = rng.permutation(K)
+    s = hungarian_scores(torch.from_numpy(hist[perm]))  # ... with the clusters shuffled
+    assert s.dice == pytest.approx(np.nanmean(dice_formula(hist.astype(np.float64))) * 100, rel=1e-12)
+    assert scores(torch.from_numpy(hist[perm])) == {"miou": s.miou, "acc": s.acc, "dice": s.dice}
+    supervised = scores(torch.from_numpy(hist), "identity")
+    assert supervised["dice"] == pytest.approx(s.dice, rel=1e-12)
+
+
+def test_mean_scores_averages_nested_figures():
+    a = {"miou": 10.0, "dice": 20.0, "crf": {"miou": 30.0}}
+    b = {"miou": 20.0, "dice": 40.0, "crf": {"miou": 60.0}}
+    assert mean_scores([a, b]) == {"miou": 15.0, "dice": 30.0, "crf": {"miou": 45.0}}

@@ -229,20 +229,22 @@ def test_demo_end_to_end_writes_report(tmp_path):
                           for a in ("--set", s)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.count("Dice") == 4  # the summary: every strategy's final mIoU and Dice
     summary = json.loads((out / "metrics.json").read_text())
     assert list(summary["strategies"]) == ["local", "fedavg", "fedcc-kmeans", "fedcc-maximin"]
     page = (out / "report.html").read_text()
-    for text in ("mIoU per round", "Final results", "pairwise centroid distances", "Sample predictions",
-                 "Communication per round", "fedcc-maximin", "site2 mIoU", "data:image/png;base64,"):
+    for text in ("mIoU and Dice per round", "Final results", "pairwise centroid distances", "Sample predictions",
+                 "Communication per round", "fedcc-maximin", "site2 mIoU", "site2 Dice", "global Dice",
+                 "data:image/png;base64,"):
         assert text in page, text
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
-    assert page.count("<svg") == 4 + 4  # 4 mIoU charts (global + 3 sites), 4 heatmaps
+    assert page.count("<svg") == 8 + 4  # mIoU and Dice charts (global + 3 sites), 4 heatmaps
     assert page.count("<img") == 4 * (2 + 4)  # 4 samples: image, ground truth, one prediction per strategy
 
     from fussfast.__main__ import main
 
     assert main(["report", str(out / "local"), str(out / "fedavg"), "--out", str(tmp_path / "two.html")]) == 0
-    assert (tmp_path / "two.html").read_text().count("<svg") == 4 + 2
+    assert (tmp_path / "two.html").read_text().count("<svg") == 8 + 2
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
 
 
@@ -257,4 +259,4 @@ def test_eval_every_scores_some_rounds_and_always_the_last(tmp_path):
     assert ["global" in r for r in only_last["rounds"]] == [False, False, True]
     assert comparable(only_last)[-1]["loss"] == comparable(metrics)[-1]["loss"]  # scoring changes no training
     page = write_report({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "r.html").read_text()
-    assert page.count("<svg") == 4 + 2 and "global mIoU" in page  # 4 mIoU charts, 2 heatmaps
+    assert page.count("<svg") == 8 + 2 and "global Dice" in page  # 4 mIoU and 4 Dice charts, 2 heatmaps

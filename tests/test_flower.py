@@ -87,7 +87,7 @@ def wait_until_up(url, proc, timeout):
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
 @pytest.mark.parametrize("task", ["fed.strategy=\"fedcc-maximin\"",
                                   "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\"; "
-                                  "model.lora_rank=2; model.lora_blocks=1"])
+                                  "model.lora_rank=2; model.lora_blocks=1; eval.crf=true; eval.crf_iterations=3"])
 def test_loopback_deployment_two_rounds(tmp_path, task):
     home = tmp_path / "flwr"
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -151,6 +151,8 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
         if "fedcc" in task:
             assert r["centroid_shift"] > 0  # the global centroids changed every round
         assert set(r["clients"]) == {"site0", "site1"} and 0 <= r["global"]["miou"] <= 100
+        for scores in (r["global"], *r["clients"].values()):  # the sites' Dice (and CRF figures) travel too
+            assert 0 <= scores["dice"] <= 100 and ("crf" in scores) == ("eval.crf" in task)
     if "fedcc" in task:
         assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
         assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
@@ -198,3 +200,21 @@ def test_client_app_keeps_the_moe_in_the_node_state(tmp_path):
     assert strategy.local_params == ("moe",)
     for k, v in client.model.arrays().items():
         assert torch.equal(v, state[f"c/model/{k}"]), k
+
+
+def test_evaluate_replies_carry_dice_and_crf():
+    from fussfast.flower.common import flat_scores, nested_scores
+
+    scores = {"miou": 40.0, "acc": 70.0, "dice": 55.0, "crf": {"miou": 45.0, "acc": 72.0, "dice": 60.0}}
+    flat = flat_scores(scores)
+    assert flat == {"miou": 40.0, "acc": 70.0, "dice": 55.0, "crf-miou": 45.0, "crf-acc": 72.0, "crf-dice": 60.0}
+    plain = {k: scores[k] for k in ("miou", "acc", "dice")}
+    s = FussfastStrategy(make_strategy("fedavg"), CURRENT)
+    replies = []
+    for site, sent in (("a", scores), ("b", plain)):
+        msg = reply(site, 1, [0.0, 0.0], [[0.0], [0.0]])
+        msg.content["metrics"] = MetricRecord({"num-examples": 3, **flat_scores(sent)})
+        replies.append(msg)
+    s.aggregate_evaluate(1, replies)
+    assert s.pending["clients"] == {"a": scores, "b": plain}
+    assert nested_scores(MetricRecord({"num-examples": 3, **flat})) == scores

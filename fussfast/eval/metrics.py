@@ -1,5 +1,5 @@
-"""Unsupervised segmentation scores: confusion matrix on the device, Hungarian matching of
-clusters to classes, mIoU and pixel accuracy (both x100), as STEGO and FUSS report them."""
+"""Segmentation scores: confusion matrix on the device, Hungarian matching of clusters to
+classes, mIoU, mean Dice and pixel accuracy (all x100), as STEGO and FUSS report them."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class Scores:
     acc: float  # matched pixels / all counted pixels, x100
     iou: list[float]  # per class, x100 (NaN for a class absent from both)
     assignment: list[int]  # assignment[cluster] = class it is matched to (-1: unmatched)
+    dice: float  # mean Dice (2TP / (2TP + FP + FN)) over the same classes as miou, x100
+    dice_per_class: list[float]  # per class, x100 (NaN where iou is)
 
 
 def hungarian_scores(confusion: torch.Tensor) -> Scores:
@@ -50,10 +52,17 @@ def hungarian_scores(confusion: torch.Tensor) -> Scores:
 
 
 def scores(confusion: torch.Tensor, matching: str = "hungarian") -> dict:
-    """``{"miou", "acc"}`` with clusters matched to classes (``hungarian``) or taken as they are
-    (``identity``, supervised)."""
+    """``{"miou", "acc", "dice"}`` with clusters matched to classes (``hungarian``) or taken as
+    they are (``identity``, supervised)."""
     s = hungarian_scores(confusion) if matching == "hungarian" else identity_scores(confusion)
-    return {"miou": s.miou, "acc": s.acc}
+    return {"miou": s.miou, "acc": s.acc, "dice": s.dice}
+
+
+def mean_scores(many: list[dict]) -> dict:
+    """The key-wise mean of ``scores()``-like dicts of the same keys (nested dicts too, as the
+    ``crf`` figures)."""
+    return {k: mean_scores([s[k] for s in many]) if isinstance(v, dict) else sum(s[k] for s in many) / len(many)
+            for k, v in many[0].items()}
 
 
 def identity_scores(confusion: torch.Tensor) -> Scores:
@@ -73,7 +82,9 @@ def _scores(hist: np.ndarray, assignment: list[int]) -> Scores:
     fn = matched.sum(0) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (tp + fp + fn)
+        dice = 2 * tp / (2 * tp + fp + fn)  # NaN exactly where iou is: a class absent from both
     total = hist.sum()
     acc = float(tp.sum() / total * 100) if total else float("nan")
-    miou = float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan")
-    return Scores(miou, acc, [float(v * 100) for v in iou], assignment)
+    mean = lambda v: float(np.nanmean(v) * 100) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    per_class = lambda v: [float(x * 100) for x in v]  # noqa: E731
+    return Scores(mean(iou), acc, per_class(iou), assignment, mean(dice), per_class(dice))

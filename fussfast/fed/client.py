@@ -152,8 +152,8 @@ class Client:
         extra.needs_code = True
         return extra
 
-    def evaluate(self, data: FeatureSet, num_classes: int) -> dict:
-        return self.model.scores(data, num_classes)
+    def evaluate(self, data: FeatureSet, num_classes: int, crf=None) -> dict:  # crf: an eval.DenseCRF, or None
+        return self.model.scores(data, num_classes, crf)
 
     def state(self, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
         """Everything needed to resume this client, tensors into ``tensors``; returns the JSON part.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from fussfast.eval import DenseCRF, mean_scores
 from fussfast.features import FeatureSet
 from fussfast.fed.checkpoint import CheckpointError, expect_like, under
 from fussfast.fed.client import Client
@@ -40,6 +41,8 @@ class Federation:
     optimizer and MOON state, the RNG states, the round records) and ``load_state`` restores it,
     so that a resumed run reaches the same results as an uninterrupted one.
 
+    ``crf``: when given, every score also has the CRF-refined figures under ``"crf"``.
+
     ``spill_dir``: when fewer clients are sampled per round than there are, each client's state is
     written there (``Client.spill``) as soon as its fit or scoring is done, and read back when it is
     next sampled or scored, so memory holds one client's model at a time, whatever the number of
@@ -50,7 +53,7 @@ class Federation:
                  *, sites: dict[str, FeatureSet], shared: FeatureSet, num_classes: int, rounds: int,
                  generator: torch.Generator, min_clients: int = 1, clients_per_round: int = 0,
                  fraction: float = 1.0, after_round=None, limits: dict | None = None, eval_every: int = 1,
-                 spill_dir: str | Path | None = None):
+                 spill_dir: str | Path | None = None, crf: DenseCRF | None = None):
         n = len(clients)
         self.per_round = clients_per_round or max(1, math.ceil(fraction * n))
         if self.per_round > n:
@@ -60,7 +63,7 @@ class Federation:
         self.clients, self.strategy, self.global_model = clients, strategy, global_model
         self.sites, self.shared, self.num_classes = sites, shared, num_classes
         self.rounds, self.generator, self.after_round = rounds, generator, after_round
-        self.eval_every = eval_every
+        self.eval_every, self.crf = eval_every, crf
         self.spill_dir = Path(spill_dir) if spill_dir is not None and self.per_round < n else None
         # named by the client's place, so that any site name makes a valid file name
         self.spill_files = {name: self.spill_dir / f"client-{i:06d}.safetensors" for i, name in enumerate(clients)
@@ -105,8 +108,10 @@ class Federation:
         scores = self.evaluate() if scored_round(r, self.rounds, self.eval_every) else {}
         record = {"round": r, **scores, **screened, "seconds": time.perf_counter() - t}
         if scores:
-            print(f"round {r}/{self.rounds}: global mIoU {scores['global']['miou']:.1f} "
-                  f"acc {scores['global']['acc']:.1f}", file=sys.stderr)
+            g = scores["global"]
+            crf = f" (CRF: mIoU {g['crf']['miou']:.1f} Dice {g['crf']['dice']:.1f})" if "crf" in g else ""
+            print(f"round {r}/{self.rounds}: global mIoU {g['miou']:.1f} Dice {g['dice']:.1f} "
+                  f"acc {g['acc']:.1f}{crf}", file=sys.stderr)
         else:
             print(f"round {r}/{self.rounds}: trained (scored every {self.eval_every} rounds)", file=sys.stderr)
         return record
@@ -145,17 +150,16 @@ class Federation:
         site_scores, on_shared = {}, {}
         for name, data in self.sites.items():
             model = self._scoring(name)
-            site_scores[name] = model.scores(data.get(), self.num_classes)
+            site_scores[name] = model.scores(data.get(), self.num_classes, self.crf)
             data.release()
             if self.personalized and name in self.clients:
-                on_shared[name] = model.scores(self.shared, self.num_classes)
+                on_shared[name] = model.scores(self.shared, self.num_classes, self.crf)
                 self._put_away(name)
             del model  # spilled or not kept: gone before the next site's is built
         names = list(self.clients) if self.personalized else ["global"]
-        per_model = [on_shared[n] if n in on_shared else self._scoring(n).scores(self.shared, self.num_classes)
+        per_model = [on_shared.get(n) or self._scoring(n).scores(self.shared, self.num_classes, self.crf)
                      for n in names]
-        global_scores = {k: sum(s[k] for s in per_model) / len(per_model) for k in ("miou", "acc")}
-        return {"global": global_scores, "clients": site_scores}
+        return {"global": mean_scores(per_model), "clients": site_scores}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Clients never sampled have no state yet: only the started ones are saved."""

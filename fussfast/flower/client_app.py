@@ -10,8 +10,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fussfast.assemble import prepare
-from fussfast.flower.common import CLIENT_STATE, CLIENT_STATE_META, SITE, config_from, round_of, site_of, to_torch
+from fussfast.assemble import crf_of, prepare
+from fussfast.flower.common import (CLIENT_STATE, CLIENT_STATE_META, SITE, config_from, flat_scores, round_of, site_of,
+                                    to_torch)
 
 client_app = ClientApp()
 
@@ -49,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config, site, client, strategy = _site_client(context)
     client.model.load_arrays(strategy.shared(to_torch(msg.content["arrays"])))
-    s = client.evaluate(client.data.get(), config.data.num_classes)
+    s = client.evaluate(client.data.get(), config.data.num_classes, crf_of(config))
     return Message(content=RecordDict({
-        "metrics": MetricRecord({"num-examples": client.num_samples, "miou": s["miou"], "acc": s["acc"]}),
+        "metrics": MetricRecord({"num-examples": client.num_samples, **flat_scores(s)}),
         SITE: ConfigRecord({"name": site})}), reply_to=msg)

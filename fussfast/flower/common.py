@@ -45,5 +45,18 @@ def round_of(config_record) -> int:
     return int(config_record.get(ROUND_OFFSET, 0)) + int(config_record["server-round"])
 
 
+def flat_scores(scores: dict) -> dict[str, float]:
+    """``LocalModel.scores`` as a MetricRecord's flat keys: ``miou``, ``crf-miou``, ..."""
+    return {**{k: v for k, v in scores.items() if k != "crf"},
+            **{f"crf-{k}": v for k, v in scores.get("crf", {}).items()}}
+
+
+def nested_scores(metrics) -> dict:
+    """``flat_scores``' inverse over a reply's MetricRecord (other keys, as num-examples, left out)."""
+    out = {k: float(metrics[k]) for k in ("miou", "acc", "dice") if k in metrics}
+    crf = {k: float(metrics[f"crf-{k}"]) for k in ("miou", "acc", "dice") if f"crf-{k}" in metrics}
+    return {**out, "crf": crf} if crf else out
+
+
 def to_torch(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in record.to_torch_state_dict().items()}

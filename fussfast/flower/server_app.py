@@ -23,7 +23,7 @@ from fussfast.fed.checkpoint import expect_like, under
 from fussfast.fed.loop import scored_round
 from fussfast.fed.server import Server, TooFewUpdates
 from fussfast.fed.strategy import Strategy, Update
-from fussfast.flower.common import ROUND_OFFSET, SITE, config_from, to_torch
+from fussfast.flower.common import ROUND_OFFSET, SITE, config_from, flat_scores, nested_scores, to_torch
 from fussfast.outputs import RunDir, check_resumable
 
 
@@ -85,8 +85,7 @@ class FussfastStrategy(FedAvg):
         clients = {}
         for msg in replies:
             if not msg.has_error():
-                m = msg.content["metrics"]
-                clients[str(msg.content[SITE]["name"])] = {"miou": float(m["miou"]), "acc": float(m["acc"])}
+                clients[str(msg.content[SITE]["name"])] = nested_scores(msg.content["metrics"])
         self.pending["clients"] = clients
         return None
 
@@ -127,13 +126,13 @@ def main(grid: Grid, context: Context) -> None:
         record, clients = {"round": pending.pop("round")}, pending.pop("clients", {})
         if flower.scored(server_round):
             global_model.load_arrays(flower.current)
-            record.update({"global": global_model.scores(setup.shared, K), "clients": clients})
+            record.update({"global": global_model.scores(setup.shared, K, setup.crf), "clients": clients})
         history.append({**record, **pending})
         outputs.save_round({f"global/{k}": v for k, v in flower.current.items()}, {"history": history, "clients": {}},
                            history)
         if "global" not in record:
             return None
-        return MetricRecord({"miou": record["global"]["miou"], "acc": record["global"]["acc"]})
+        return MetricRecord(flat_scores(record["global"]))
 
     if len(history) < fed.rounds:
         flower.start(grid=grid, initial_arrays=flower.initial_arrays(), num_rounds=fed.rounds - len(history),

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fussfast.eval import confusion_matrix, scores
+from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
+from fussfast.eval import DenseCRF, confusion_matrix, scores
 from fussfast.features import FeatureSet
 from fussfast.model.moe import MixtureAdapter, balance_loss
 
@@ -160,20 +161,39 @@ class LocalModel:
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_probs(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int],
+                  alpha: float) -> torch.Tensor:
+        """``[B, K, *size]`` log-probabilities of the classes (clusters) per pixel, for the CRF;
+        ``alpha`` scales the unsupervised model's cluster cosines."""
+        raise NotImplementedError
+
     @torch.no_grad()
-    def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64) -> torch.Tensor:
-        """Confusion matrix ``[predicted, true]`` of the predictions against the ground truth."""
+    def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64,
+                  crf: DenseCRF | None = None) -> torch.Tensor:
+        """Confusion matrix ``[predicted, true]`` of the predictions against the ground truth; with
+        ``crf``, of the predictions refined by it on ``data.images``."""
+        if crf is not None and data.images is None:
+            raise ValueError("config key 'eval.crf': this evaluation set has no images to refine on")
         total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        batch_size = batch_size if crf is None else min(batch_size, 8)  # full-resolution probabilities
         for b in range(0, data.features.shape[0], batch_size):
             masks = data.masks[b:b + batch_size]
             flipped = data.flipped[b:b + batch_size] if data.flipped is not None else None
-            labels = self.predict(data.features[b:b + batch_size], flipped, masks.shape[-2:])
+            if crf is None:
+                labels = self.predict(data.features[b:b + batch_size], flipped, masks.shape[-2:])
+            else:
+                log_probs = self.log_probs(data.features[b:b + batch_size], flipped, masks.shape[-2:], crf.alpha)
+                labels = crf.labels(pixels(data.images, range(b, b + len(masks))), log_probs)
             total += confusion_matrix(labels, masks.to(self.device), num_classes, num_classes).cpu()
         return total
 
-    def scores(self, data: FeatureSet, num_classes: int) -> dict:
-        """mIoU and accuracy on ``data``, predictions mapped to classes by ``matching``."""
-        return scores(self.confusion(data, num_classes), self.matching)
+    def scores(self, data: FeatureSet, num_classes: int, crf: DenseCRF | None = None) -> dict:
+        """mIoU, Dice and accuracy on ``data``, predictions mapped to classes by ``matching``; with
+        ``crf``, also those of the CRF-refined predictions under ``"crf"`` (matched on their own)."""
+        out = scores(self.confusion(data, num_classes), self.matching)
+        if crf is not None:
+            out["crf"] = scores(self.confusion(data, num_classes, crf=crf), self.matching)
+        return out
 
 
 class Encoded:
@@ -189,3 +209,10 @@ class Encoded:
     def __getitem__(self, index) -> torch.Tensor:
         with torch.no_grad():
             return self.encode(self.cached[index])
+
+
+def pixels(dataset, indices) -> torch.Tensor:
+    """``[B, 3, H, W]`` uint8 RGB of ``dataset``'s images (items ``(normalized image, mask)``) at ``indices``."""
+    images = torch.stack([dataset[i][0] for i in indices]).float()
+    mean, std = (torch.from_numpy(v).float().view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (((images * std + mean).clamp(0, 1)) * 255).round().to(torch.uint8)

@@ -118,8 +118,18 @@ class SupervisedModel(LocalModel):
     @torch.no_grad()
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Class per pixel from the (flip-averaged) logits, bilinearly upsampled to ``size``."""
+        return self._logits(features, flipped, size).argmax(1)
+
+    @torch.no_grad()
+    def log_probs(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int],
+                  alpha: float) -> torch.Tensor:
+        """``log_softmax`` of the upsampled logits (``alpha`` is for clusters: unused)."""
+        return F.log_softmax(self._logits(features, flipped, size).float(), dim=1)
+
+    def _logits(self, features, flipped, size):
+        """The flip-averaged logits, bilinearly upsampled to ``size``."""
         self.head.eval()
         logits = self.head(self.head_input(self.encode(features.to(self.device))))[0]
         if flipped is not None:
             logits = (logits + self.head(self.head_input(self.encode(flipped.to(self.device))))[0].flip(-1)) / 2
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -119,9 +119,21 @@ class SiteModel(LocalModel):
     @torch.no_grad()
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         """Cluster per pixel (flip-averaged codes when ``flipped`` is given), nearest-upsampled to ``size``."""
+        labels = self.probe.labels(self.codes(features, flipped))
+        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+    @torch.no_grad()
+    def log_probs(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int],
+                  alpha: float) -> torch.Tensor:
+        """As STEGO feeds its CRF: the flip-averaged codes bilinearly upsampled to ``size``, then
+        ``log_softmax(alpha · cosine to each centroid)``."""
+        code = F.interpolate(self.codes(features, flipped).float(), size=size, mode="bilinear", align_corners=False)
+        return self.probe(code, alpha, log_probs=True)
+
+    def codes(self, features: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """The eval-mode codes of cached inputs (flip-averaged when ``flipped`` is given)."""
         self.head.eval()
         code = self.head(self.head_input(self.encode(features.to(self.device))))
         if flipped is not None:
             code = (code + self.head(self.head_input(self.encode(flipped.to(self.device)))).flip(-1)) / 2
-        labels = self.probe.labels(code)
-        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        return code
