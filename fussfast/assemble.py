@@ -106,6 +106,7 @@ class Setup:
     evaluation: object  # its dataset (for sample images)
     feature_dim: int
     seconds: float  # feature extraction (cache reads when warm)
+    num_sites: int  # every site of the data, also when only some were prepared (the Flower apps)
 
     @property
     def head_dtype(self) -> torch.dtype | None:
@@ -159,7 +160,7 @@ class Setup:
 
     def strategy(self, arrays: dict[str, torch.Tensor]) -> Strategy:
         """The config's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names."""
-        strategy = strategy_from_config(self.config.fed, self.config.seed)
+        strategy = strategy_from_config(self.config.fed, self.config.seed, num_clients=self.num_sites)
         for group in self.config.fed.local_params:
             if not any(k == group or k.startswith(group + ".") for k in arrays):
                 groups = sorted({".".join(k.split(".")[:2]) for k in arrays} | {k.split(".")[0] for k in arrays})
@@ -214,6 +215,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
 
     torch.manual_seed(config.seed)
     datasets, evaluation, labelled = make_data(data, config.seed, config.cache_dir)
+    num_sites = len(datasets)
     if sites is not None:
         unknown = sorted(set(sites) - set(datasets))
         if unknown:
@@ -245,7 +247,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
     shared = features("eval", evaluation, lazy=False)
     head_precision = resolve_head_precision(model.head_precision, device)
     return Setup(config, device, precision, head_precision, train, shared, evaluation, shared.features.shape[1],
-                 time.perf_counter() - t0)
+                 time.perf_counter() - t0, num_sites)
 
 
 def _progress(desc: str):

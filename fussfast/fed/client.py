@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fussfast.fed.checkpoint import flatten, under, unflatten
-from fussfast.fed.strategy import Strategy, Update
+from fussfast.fed.strategy import CONTROL, Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
 from fussfast.features import FeatureSet, LazyFeatureSet
@@ -31,8 +31,11 @@ class Client:
     For federations of many sites everything is made when first needed: ``model`` may be a
     function that builds it (``started`` tells whether it has been), ``data`` a ``LazyFeatureSet``
     that ``fit`` releases again, and the kNN table is computed at the first fit. ``spill`` writes
-    the client's state (model, optimizers, MOON head, kNN table) to a file and drops it from
-    memory; the next use of ``model`` reads it back."""
+    the client's state (model, optimizers, MOON head, strategy state, kNN table) to a file and
+    drops it from memory; the next use of ``model`` reads it back.
+
+    ``strategy_state``: the client's own arrays of the strategy (FedDyn's g_k, SCAFFOLD's c_i),
+    empty until its first fit; saved, restored and spilled with the rest."""
 
     def __init__(self, name: str, data: FeatureSet | LazyFeatureSet, model: LocalModel | Callable[[], LocalModel],
                  *, local_steps: int, batch_size: int, table: torch.Tensor | None = None,
@@ -43,6 +46,7 @@ class Client:
         self._table = table
         self.distill_weight, self.distill = distill_weight, distill
         self.previous: dict[str, torch.Tensor] | None = None  # head after the last fit (MOON)
+        self.strategy_state: dict[str, torch.Tensor] = {}  # FedDyn's g_k, SCAFFOLD's c_i (CPU)
         self.spilled: Path | None = None  # the file holding this client's state while it is out of memory
 
     @property
@@ -82,18 +86,22 @@ class Client:
         return len(self.data)
 
     def fit(self, global_arrays: dict[str, torch.Tensor], strategy: Strategy, generator: torch.Generator) -> Update:
-        self.model.load_arrays(strategy.shared(global_arrays))  # first: reads a spilled state (MOON's head too)
-        head = self.model.head
+        self.model.load_arrays(strategy.model_arrays(global_arrays))  # first: reads a spilled state (MOON's too)
+        head, device = self.model.head, self.model.device
         moon = strategy.code_terms and self.previous is not None
         reference = _frozen(head) if moon or self.distill_weight > 0 else None
         previous = None
         if moon:
             previous = _frozen(head)
             previous.load_state_dict(self.previous)
-        anchor = {f"head.{k}": v.detach().clone() for k, v in head.named_parameters()}
+        received = strategy.shared(global_arrays)
+        # the round's starting head and the strategy arrays received (SCAFFOLD's c), on the model's device
+        anchor = {**{k: v.to(device) for k, v in received.items() if k.startswith(CONTROL)},
+                  **{f"head.{k}": v.detach().clone() for k, v in head.named_parameters()}}
+        own = {k: v.to(device) for k, v in self.strategy_state.items()}
 
         def extra(h, feats, code):
-            total = strategy.client_penalty({f"head.{k}": p for k, p in h.named_parameters()}, anchor)
+            total = strategy.client_penalty({f"head.{k}": p for k, p in h.named_parameters()}, anchor, own)
             if reference is not None:
                 with torch.no_grad():
                     target = reference.representation(feats)
@@ -112,7 +120,10 @@ class Client:
             self.data.release()
         if strategy.code_terms:
             self.previous = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        return Update(self.name, strategy.shared(self.model.arrays()), self.num_samples,
+        arrays = self.model.arrays()
+        self.strategy_state, control = strategy.client_finish(self.strategy_state, received, arrays,
+                                                              steps=self.local_steps, lr=self.model.head_lr)
+        return Update(self.name, {**strategy.shared(arrays), **control}, self.num_samples,
                       {"loss": sum(losses) / len(losses)})
 
     def evaluate(self, data: FeatureSet, num_classes: int) -> dict:
@@ -125,12 +136,16 @@ class Client:
             saved, meta = _read_spill(self.spilled)
             arrays, optimizers = under(saved, f"{SPILLED}/model/"), unflatten(meta["state"]["optimizers"], saved)
             previous = under(saved, f"{SPILLED}/previous/") if meta["state"]["previous"] else None
+            own = under(saved, f"{SPILLED}/strategy/")
         else:
             arrays, optimizers, previous = self.model.arrays(), self.model.optimizer_states(), self.previous
+            own = self.strategy_state
         for k, v in arrays.items():
             tensors[f"{prefix}/model/{k}"] = v
         for k, v in (previous or {}).items():
             tensors[f"{prefix}/previous/{k}"] = v
+        for k, v in own.items():
+            tensors[f"{prefix}/strategy/{k}"] = v
         return {"optimizers": flatten(optimizers, f"{prefix}/opt", tensors), "previous": previous is not None}
 
     def load_state(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -138,6 +153,7 @@ class Client:
         self.model.load_optimizer_states(unflatten(meta["optimizers"], tensors))
         self.previous = ({k: v.to(self.model.device) for k, v in under(tensors, f"{prefix}/previous/").items()}
                          if meta["previous"] else None)
+        self.strategy_state = under(tensors, f"{prefix}/strategy/")  # none in older checkpoints
 
     def spill(self, path: Path) -> None:
         """Writes this client's state to ``path`` (safetensors, the JSON part in its header) and
@@ -156,6 +172,7 @@ class Client:
         except SafetensorError as e:  # safetensors reports its I/O errors as its own type
             raise OSError(f"cannot write {path}: {e}") from e
         self._model, self.previous, self._table, self.spilled = None, None, None, path
+        self.strategy_state = {}
 
     def _read_back(self) -> None:
         """Restores the spilled state into the freshly built ``_model``."""

@@ -23,6 +23,7 @@ class LocalModel:
 
     matching = "hungarian"  # how predictions map to classes when scoring
     device: torch.device
+    head_lr: float  # the head's learning rate (SCAFFOLD's eta)
 
     def predict(self, features: torch.Tensor, flipped: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError

@@ -40,6 +40,7 @@ class SupervisedModel(LocalModel):
         self.contrast = None
         if objective == "backce+contrast":
             self.contrast = contrast or RegionContrast(num_classes, backend=backend)
+        self.head_lr = lr
         self.opt = torch.optim.Adam(self.head.parameters(), lr=lr)
 
     def arrays(self) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ class SiteModel(LocalModel):
         self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
         self.loss = CorrespondenceLoss(loss, backend=backend)
         self.num_neighbors = num_neighbors
+        self.head_lr = head_lr
         self.head_opt = torch.optim.Adam(self.head.parameters(), lr=head_lr)
         self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
 
