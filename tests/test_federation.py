@@ -117,7 +117,8 @@ def test_checkpoint_skeleton_round_trip():
         flatten({"a": object()}, "x", {})
 
 
-@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon"])
+@pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon", "feddyn",
+                                      "supervised-scaffold"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
     extra = [f"fed.strategy=\"{strategy.removeprefix('supervised-')}\"", "fed.rounds=3"]
     if strategy != "local":

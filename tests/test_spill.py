@@ -53,10 +53,11 @@ def counting(monkeypatch, cls, method):
     return calls
 
 
-@pytest.mark.parametrize("task", ["moon", "supervised"])
+@pytest.mark.parametrize("task", ["moon", "supervised", "scaffold"])
 def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, task):
+    # scaffold: every client's c_i is spilled and read back too
     config = tiny(cache, "data.sites=5", "fed.clients_per_round=2", "fed.rounds=4",
-                  *(MOON if task == "moon" else SUPERVISED))
+                  *(MOON if task == "moon" else ["fed.strategy=\"scaffold\""] if task == "scaffold" else SUPERVISED))
     kept = prepare(config).federation()  # prepare seeds torch: both federations start alike
     kept_records = rounds(kept, 4)
     reads = counting(monkeypatch, Client, "_read_back")
@@ -75,6 +76,8 @@ def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, 
     assert not differ, differ  # models, Adam moments, MOON heads, RNG states: bit for bit
     if task == "moon":
         assert all(c["previous"] for c in spilled_meta["clients"].values())
+    if task == "scaffold":  # the c_i of every started client, non-zero after its fit
+        assert all(spilled_tensors[f"client/{n}/strategy/head.lin.weight"].abs().sum() > 0 for n in spilled_meta["clients"])
 
 
 def test_memory_holds_at_most_the_sampled_clients(cache, tmp_path, monkeypatch):
