@@ -237,3 +237,18 @@ def test_cli_runs_both_tasks(tmp_path, strategy, task):
         own = {k for k in tensors if k.startswith(f"client/{site}/strategy/")}
         assert own == {f"client/{site}/strategy/{k}" for k in heads}
     assert 0 <= metrics["final"]["global"]["miou"] <= 100
+
+
+def test_config_keys():
+    from fussfast.config import ConfigError, load_config
+    from fussfast.fed import strategy_from_config
+
+    config = load_config(None, ["task=\"supervised\"", "fed.strategy=\"feddyn\"", "fed.dyn_alpha=0.5"])
+    strategy = strategy_from_config(config.fed, config.seed, num_clients=7)
+    assert (strategy.name, strategy.alpha, strategy.num_clients) == ("feddyn", 0.5, 7)
+    config = load_config(None, ["task=\"supervised\"", "fed.strategy=\"scaffold\"", "fed.server_lr=2"])
+    assert strategy_from_config(config.fed, config.seed).server_lr == 2.0
+    with pytest.raises(ConfigError, match="'fed.dyn_alpha' must be > 0"):
+        load_config(None, ["fed.dyn_alpha=0"])
+    with pytest.raises(ConfigError, match="'fed.server_lr' must be > 0"):
+        load_config(None, ["fed.server_lr=-1"])
