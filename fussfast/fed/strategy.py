@@ -239,7 +239,7 @@ class FedProx(Strategy):
     def options(cls, fed, seed):
         return {**super().options(fed, seed), "mu": fed.mu, "scope": fed.prox_scope}
 
-    def client_penalty(self, params, global_params):
+    def client_penalty(self, params, global_params, state=None):
         total = torch.zeros(())
         for name, p in params.items():
             if name == CENTROIDS or self.is_local(name) or (self.scope == "mlp" and ".mlp." not in f".{name}"):
