@@ -190,7 +190,8 @@ def test_client_terms_and_updates_against_formulas():
         torch.testing.assert_close(renewed[k], new)
         torch.testing.assert_close(control[CONTROL + k], new - own[k])
     first, _ = sca.client_finish({}, received, end, steps=3, lr=0.1)  # c_i starts at zero
-    torch.testing.assert_close(first[shared[0]], -received[CONTROL + shared[0]] + (start[shared[0]] - end[shared[0]]) / 0.3)
+    k = shared[0]
+    torch.testing.assert_close(first[k], -received[CONTROL + k] + (start[k] - end[k]) / 0.3)
     with pytest.raises(ValueError, match=r"fed.dyn_alpha"):
         make_strategy("feddyn", alpha=0.0)
     with pytest.raises(ValueError, match=r"fed.server_lr"):

@@ -77,7 +77,8 @@ def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, 
     if task == "moon":
         assert all(c["previous"] for c in spilled_meta["clients"].values())
     if task == "scaffold":  # the c_i of every started client, non-zero after its fit
-        assert all(spilled_tensors[f"client/{n}/strategy/head.lin.weight"].abs().sum() > 0 for n in spilled_meta["clients"])
+        assert all(spilled_tensors[f"client/{n}/strategy/head.lin.weight"].abs().sum() > 0
+                   for n in spilled_meta["clients"])
 
 
 def test_memory_holds_at_most_the_sampled_clients(cache, tmp_path, monkeypatch):

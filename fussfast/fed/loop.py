@@ -37,7 +37,8 @@ class Federation:
     ``global``/``clients``. ``after_round(federation)`` runs
     after every round (the run directory checkpoints there);
     ``state()`` holds everything needed to carry on (global arrays with the strategy's server
-    state, every client's model, optimizer, MOON and strategy state, the RNG states, the round records) and ``load_state`` restores it,
+    state, every client's model, optimizer, MOON and strategy state, the RNG states, the round
+    records) and ``load_state`` restores it,
     so that a resumed run reaches the same results as an uninterrupted one.
 
     ``spill_dir``: when fewer clients are sampled per round than there are, each client's state is

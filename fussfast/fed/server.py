@@ -21,8 +21,8 @@ class TooFewUpdates(RuntimeError):
 
 class Server:
     """The global arrays (``current``, local groups and the strategy's state included, see
-    ``Strategy.with_state``) and the strategy that updates them; ``max_samples`` and ``max_update_ratio`` bound what a site may
-    claim and change (``check_update``)."""
+    ``Strategy.with_state``) and the strategy that updates them; ``max_samples`` and
+    ``max_update_ratio`` bound what a site may claim and change (``check_update``)."""
 
     def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
                  max_samples: int | None = None, max_update_ratio: float | None = None):
