@@ -112,6 +112,7 @@ class Setup:
     feature_dim: int
     seconds: float  # feature extraction (cache reads when warm)
     backbone: Callable[[], FrozenBackbone]  # built when first called, shared by every model of the process
+    num_sites: int  # every site of the data, also when only some were prepared (the Flower apps)
     lora_blocks: tuple[int, ...] = ()  # the backbone blocks given LoRA (the features are their stem's tokens)
 
     @property
@@ -187,7 +188,7 @@ class Setup:
     def strategy(self, arrays: dict[str, torch.Tensor]) -> Strategy:
         """The config's strategy; ``arrays`` (a model's) checks the ``fed.local_params`` names. The
         mixture of experts (``model.moe_experts``) is always a local group: it never travels."""
-        strategy = strategy_from_config(self.config.fed, self.config.seed)
+        strategy = strategy_from_config(self.config.fed, self.config.seed, num_clients=self.num_sites)
         if self.config.model.moe_experts:
             strategy.local_params += (MOE,)
         for group in self.config.fed.local_params:
@@ -253,6 +254,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
 
     torch.manual_seed(config.seed)
     datasets, evaluation, labelled = make_data(data, config.seed, config.cache_dir)
+    num_sites = len(datasets)
     if sites is not None:
         unknown = sorted(set(sites) - set(datasets))
         if unknown:
@@ -296,7 +298,7 @@ def prepare(config: Config, sites: list[str] | None = None) -> Setup:
     head_precision = resolve_head_precision(model.head_precision, device)
     feature_dim = backbone().dim if lora_blocks else shared.features.shape[1]
     return Setup(config, device, precision, head_precision, train, shared, evaluation, feature_dim,
-                 time.perf_counter() - t0, backbone, lora_blocks)
+                 time.perf_counter() - t0, backbone, num_sites, lora_blocks)
 
 
 def _progress(desc: str):

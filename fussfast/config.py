@@ -130,6 +130,8 @@ class FedConfig:
     prox_scope: str = key("head", "fedprox: head (the paper) or mlp (FUSS's code)", choices=PROX_SCOPES)
     moon_mu: float = key(1.0, "moon: weight of the model-contrastive term", at_least=0)
     moon_tau: float = key(0.5, "moon: temperature", above=0)
+    dyn_alpha: float = key(0.01, "feddyn: alpha of the dynamic regularizer (the paper's usual value)", above=0)
+    server_lr: float = key(1.0, "scaffold: the server's learning rate eta_g on the mean model change", above=0)
     cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
     local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head" or head '
                                             'modules ("head.lin")')
@@ -341,7 +343,8 @@ def _check_together(c: Config) -> None:
                               f"({data.num_classes}), got {data.classes_per_site}")
     if c.supervised and c.fed.strategy.startswith("fedcc"):
         raise ConfigError(f"config key 'fed.strategy': {c.fed.strategy} re-clusters centroids, which the "
-                          "supervised head does not have; choose fedavg, fedprox, moon, local or centralized")
+                          "supervised head does not have; choose fedavg, fedprox, moon, feddyn, scaffold, local or "
+                          "centralized")
     if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
         raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
     unknown = sorted(set(c.model.lora_targets) - set(LORA_TARGETS))

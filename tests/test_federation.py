@@ -151,7 +151,7 @@ MOE = ["model.moe_experts=3", "model.moe_hidden=8", "fed.personal_steps=2", "fed
 
 
 @pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon", "moe-moon",
-                                      "supervised-moe-fedavg"])
+                                      "supervised-moe-fedavg", "feddyn", "supervised-scaffold"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
     name = strategy.removeprefix("supervised-").removeprefix("moe-")
     extra = [f"fed.strategy=\"{name}\"", "fed.rounds=3", *(MOE if "moe-" in strategy else [])]

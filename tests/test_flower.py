@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 flwr = pytest.importorskip("flwr")
 
@@ -64,6 +65,22 @@ def test_aggregate_train_leaves_out_bad_replies_and_keeps_local_groups():
     assert s2.aggregate_train(1, []) == (None, None)
 
 
+def test_aggregate_train_scaffold_counts_control_bytes():
+    """c goes down with x and Δc comes up with y: both in the round's bytes; c ← c + ΣΔc / N."""
+    s = FussfastStrategy(make_strategy("scaffold", num_clients=4), {"head.w": torch.zeros(2, dtype=torch.float64)})
+    assert set(s.initial_arrays().keys()) == {"head.w", "control.head.w"}
+    replies = []
+    for site, n, w, dc in (("a", 1, [1.0, 2.0], [4.0, 0.0]), ("b", 3, [5.0, 6.0], [0.0, 8.0])):
+        msg = reply(site, n, w, [[0.0]])
+        msg.content["arrays"] = ArrayRecord({"head.w": torch.tensor(w, dtype=torch.float64),
+                                             "control.head.w": torch.tensor(dc, dtype=torch.float64)})
+        replies.append(msg)
+    arrays, _ = s.aggregate_train(1, replies)
+    out = arrays.to_torch_state_dict()
+    assert out["head.w"].tolist() == [4.0, 5.0] and out["control.head.w"].tolist() == [1.0, 2.0]
+    assert s.pending["bytes"]["a"] == {"down": 32, "up": 32} and s.pending["excluded"] == {}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +103,7 @@ def wait_until_up(url, proc, timeout):
 
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr's CLI is not on PATH")
 @pytest.mark.parametrize("task", ["fed.strategy=\"fedcc-maximin\"",
-                                  "fed.strategy=\"fedavg\"; task=\"supervised\"; data.split=\"class-erased\"; "
+                                  "fed.strategy=\"scaffold\"; task=\"supervised\"; data.split=\"class-erased\"; "
                                   "model.lora_rank=2; model.lora_blocks=1; eval.crf=true; eval.crf_iterations=3"])
 def test_loopback_deployment_two_rounds(tmp_path, task):
     home = tmp_path / "flwr"
@@ -158,8 +175,15 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
         assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
         assert metrics["rounds"][:2] == first  # the first two rounds are kept as they were
         assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 3
-    else:
-        assert json.loads((out / "checkpoint" / "state.json").read_text())["round"] == 2
+    else:  # scaffold: c travels with the model, each site's c_i stays in its SuperNode's context.state
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        assert state["round"] == 2
+        glob = {k.removeprefix("global/"): v for k, v in load_file(str(out / "checkpoint" / state["tensors"])).items()}
+        heads = {k for k in glob if k.startswith("head.")}
+        assert {k for k in glob if k.startswith("control.")} == {"control." + k for k in heads}
+        assert all(glob["control." + k].abs().sum() > 0 for k in heads)  # c moved
+        size = sum(v.numel() * v.element_size() for v in glob.values())  # the model and c
+        assert all(r["bytes"][s] == {"down": size, "up": size} for r in metrics["rounds"] for s in r["sampled"])
     print(f"loopback: 2 rounds in {wall:.1f} s")
 
 

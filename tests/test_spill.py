@@ -58,10 +58,12 @@ MOE = ["fed.strategy=\"fedavg\"", "model.moe_experts=2", "model.moe_hidden=4", "
        "fed.distill_weight=1.0"]
 
 
-@pytest.mark.parametrize("task", ["moon", "supervised", "moe"])
+@pytest.mark.parametrize("task", ["moon", "supervised", "moe", "scaffold"])
 def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, task):
+    # scaffold: every client's c_i is spilled and read back too
     config = tiny(cache, "data.sites=5", "fed.clients_per_round=2", "fed.rounds=4",
-                  *{"moon": MOON, "supervised": SUPERVISED, "moe": MOE}[task])
+                  *{"moon": MOON, "supervised": SUPERVISED, "moe": MOE,
+                    "scaffold": ["fed.strategy=\"scaffold\""]}[task])
     kept = prepare(config).federation()  # prepare seeds torch: both federations start alike
     kept_records = rounds(kept, 4)
     reads = counting(monkeypatch, Client, "_read_back")
@@ -83,6 +85,9 @@ def test_spilled_clients_continue_bit_identically(cache, tmp_path, monkeypatch, 
     if task == "moe":
         assert any(k.endswith("/model/moe.router.weight") for k in kept_tensors)
         assert any("/opt/moe/" in k for k in kept_tensors)
+    if task == "scaffold":  # the c_i of every started client, non-zero after its fit
+        assert all(spilled_tensors[f"client/{n}/strategy/head.lin.weight"].abs().sum() > 0
+                   for n in spilled_meta["clients"])
 
 
 def test_memory_holds_at_most_the_sampled_clients(cache, tmp_path, monkeypatch):

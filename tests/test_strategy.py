@@ -110,4 +110,4 @@ def test_local_keeps_everything_and_moon_options():
     with pytest.raises(ValueError, match="tau > 0"):
         Moon(tau=0)
     with pytest.raises(ValueError, match="unknown strategy"):
-        make_strategy("scaffold")
+        make_strategy("fedsgd")

@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fussfast.fed.checkpoint import flatten, under, unflatten
-from fussfast.fed.strategy import Strategy, Update
+from fussfast.fed.strategy import CONTROL, Strategy, Update
 from fussfast.losses import code_distill
 from fussfast.model import knn_table
 from fussfast.features import FeatureSet, LazyFeatureSet
@@ -38,8 +38,11 @@ class Client:
     For federations of many sites everything is made when first needed: ``model`` may be a
     function that builds it (``started`` tells whether it has been), ``data`` a ``LazyFeatureSet``
     that ``fit`` releases again, and the kNN table is computed at the first fit. ``spill`` writes
-    the client's state (model, optimizers, MOON head, kNN table) to a file and drops it from
-    memory; the next use of ``model`` reads it back."""
+    the client's state (model, optimizers, MOON head, strategy state, kNN table) to a file and
+    drops it from memory; the next use of ``model`` reads it back.
+
+    ``strategy_state``: the client's own arrays of the strategy (FedDyn's g_k, SCAFFOLD's c_i),
+    empty until its first fit; saved, restored and spilled with the rest."""
 
     def __init__(self, name: str, data: FeatureSet | LazyFeatureSet, model: LocalModel | Callable[[], LocalModel],
                  *, local_steps: int, batch_size: int, table: torch.Tensor | None = None,
@@ -51,6 +54,7 @@ class Client:
         self.distill_weight, self.distill = distill_weight, distill
         self.personal_steps = personal_steps
         self.previous: dict[str, torch.Tensor] | None = None  # head after the last fit (MOON)
+        self.strategy_state: dict[str, torch.Tensor] = {}  # FedDyn's g_k, SCAFFOLD's c_i (CPU)
         self.spilled: Path | None = None  # the file holding this client's state while it is out of memory
 
     @property
@@ -90,16 +94,20 @@ class Client:
         return len(self.data)
 
     def fit(self, global_arrays: dict[str, torch.Tensor], strategy: Strategy, generator: torch.Generator) -> Update:
-        self.model.load_arrays(strategy.shared(global_arrays))  # first: reads a spilled state (MOON's head too)
+        self.model.load_arrays(strategy.model_arrays(global_arrays))  # first: reads a spilled state (MOON's too)
+        received = strategy.shared(global_arrays)  # with the strategy's arrays (SCAFFOLD's c)
         two_phase = self.personal_steps > 0
         try:
             # phase 1 (or the one joint phase): the shared arrays, the MoE bypassed when two-phase
             with (self.model.phase(lambda k: not strategy.is_local(k), adapting=False) if two_phase
                   else contextlib.nullcontext()):
                 losses = self.model.train_steps(self.data.get(), self.table, self.local_steps, self.batch_size,
-                                                generator, extra=self._client_terms(strategy, not two_phase))
+                                                generator, extra=self._client_terms(strategy, received, not two_phase))
                 teacher = _frozen(self.model.representation()) if two_phase else None  # the global model
-            update = Update(self.name, strategy.shared(self.model.arrays()), self.num_samples,
+            arrays = self.model.arrays()
+            self.strategy_state, control = strategy.client_finish(self.strategy_state, received, arrays,
+                                                                  steps=self.local_steps, lr=self.model.head_lr)
+            update = Update(self.name, {**strategy.shared(arrays), **control}, self.num_samples,
                             {"loss": sum(losses) / len(losses)})
             if two_phase:  # phase 2: the local groups only, distilled from the phase-1 global model
                 with self.model.phase(strategy.is_local):
@@ -111,9 +119,10 @@ class Client:
             self.previous = {k: v.detach().clone() for k, v in self.model.head.state_dict().items()}
         return update
 
-    def _client_terms(self, strategy: Strategy, distill: bool):
-        """``extra`` for ``train_steps``: the strategy's client terms (FedProx, MOON) and, when
-        ``distill``, the distillation from the round's starting model."""
+    def _client_terms(self, strategy: Strategy, received: dict[str, torch.Tensor], distill: bool):
+        """``extra`` for ``train_steps``: the strategy's client terms (FedProx, FedDyn, SCAFFOLD,
+        MOON) and, when ``distill``, the distillation from the round's starting model."""
+        device = self.model.device
         moon = strategy.code_terms and self.previous is not None
         distill = distill and self.distill_weight > 0
         reference = _frozen(self.model.representation()) if moon or distill else None
@@ -121,11 +130,15 @@ class Client:
         if moon:
             previous = _frozen(self.model.representation())
             previous.head.load_state_dict(self.previous)
-        trained = self.model.trained_parameters()  # the head's, LoRA's (and the centroids, the MoE: not penalized)
-        anchor = {k: v.detach().clone() for k, v in trained.items()}
+        # the shared model parameters the terms read (the head's, LoRA's), their values at the
+        # round's start, the strategy arrays received and this client's own strategy state
+        params = {k: p for k, p in self.model.trained_parameters().items() if strategy.corrects(k)}
+        anchor = {**{k: v.to(device) for k, v in received.items() if k.startswith(CONTROL)},
+                  **{k: p.detach().clone() for k, p in params.items()}}
+        own = {k: v.to(device) for k, v in self.strategy_state.items()}
 
         def extra(h, feats, code):
-            total = strategy.client_penalty(trained, anchor)
+            total = strategy.client_penalty(params, anchor, own)
             if reference is not None:
                 with torch.no_grad():
                     target = reference(feats)
@@ -137,6 +150,7 @@ class Client:
             return total
 
         extra.needs_code = reference is not None  # the step may skip codes no loss reads
+        extra.after_step = lambda: strategy.client_step(params, anchor, own, lr=self.model.head_lr)
         return extra
 
     def _distill_term(self, teacher: torch.nn.Module):
@@ -162,12 +176,16 @@ class Client:
             saved, meta = _read_spill(self.spilled)
             arrays, optimizers = under(saved, f"{SPILLED}/model/"), unflatten(meta["state"]["optimizers"], saved)
             previous = under(saved, f"{SPILLED}/previous/") if meta["state"]["previous"] else None
+            own = under(saved, f"{SPILLED}/strategy/")
         else:
             arrays, optimizers, previous = self.model.arrays(), self.model.optimizer_states(), self.previous
+            own = self.strategy_state
         for k, v in arrays.items():
             tensors[f"{prefix}/model/{k}"] = v
         for k, v in (previous or {}).items():
             tensors[f"{prefix}/previous/{k}"] = v
+        for k, v in own.items():
+            tensors[f"{prefix}/strategy/{k}"] = v
         return {"optimizers": flatten(optimizers, f"{prefix}/opt", tensors), "previous": previous is not None}
 
     def load_state(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -175,6 +193,7 @@ class Client:
         self.model.load_optimizer_states(unflatten(meta["optimizers"], tensors))
         self.previous = ({k: v.to(self.model.device) for k, v in under(tensors, f"{prefix}/previous/").items()}
                          if meta["previous"] else None)
+        self.strategy_state = under(tensors, f"{prefix}/strategy/")  # none in older checkpoints
 
     def spill(self, path: Path) -> None:
         """Writes this client's state to ``path`` (safetensors, the JSON part in its header) and
@@ -193,6 +212,7 @@ class Client:
         except SafetensorError as e:  # safetensors reports its I/O errors as its own type
             raise OSError(f"cannot write {path}: {e}") from e
         self._model, self.previous, self._table, self.spilled = None, None, None, path
+        self.strategy_state = {}
 
     def _read_back(self) -> None:
         """Restores the spilled state into the freshly built ``_model``."""

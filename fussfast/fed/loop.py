@@ -37,8 +37,9 @@ class Federation:
     ``eval_every`` rounds and always at the last (``scored_round``); other records carry no
     ``global``/``clients``. ``after_round(federation)`` runs
     after every round (the run directory checkpoints there);
-    ``state()`` holds everything needed to carry on (global arrays, every client's model,
-    optimizer and MOON state, the RNG states, the round records) and ``load_state`` restores it,
+    ``state()`` holds everything needed to carry on (global arrays with the strategy's server
+    state, every client's model, optimizer, MOON and strategy state, the RNG states, the round
+    records) and ``load_state`` restores it,
     so that a resumed run reaches the same results as an uninterrupted one.
 
     ``crf``: when given, every score also has the CRF-refined figures under ``"crf"``.
@@ -120,9 +121,9 @@ class Federation:
         """The models scored: ``{"global": …}``, or when personalized every client's model with the
         global arrays loaded over its shared ones."""
         if not self.personalized:
-            self.global_model.load_arrays(self.current)
+            self.global_model.load_arrays(self.strategy.model_arrays(self.current))
             return {"global": self.global_model}
-        shared = self.strategy.shared(self.current)
+        shared = self.strategy.model_arrays(self.current)
         for c in self.clients.values():  # a personalized model: the global arrays plus the client's own
             c.model.load_arrays(shared)
         return {name: c.model for name, c in self.clients.items()}
@@ -139,14 +140,14 @@ class Federation:
             return self.global_model
         client = self.clients.get(name) or next(iter(self.clients.values()))  # centralized: the only client
         model = client.scoring_model()
-        model.load_arrays(self.strategy.shared(self.current))
+        model.load_arrays(self.strategy.model_arrays(self.current))
         return model
 
     def evaluate(self) -> dict:
         """One site at a time: each site's features are read, scored and released; a personalized
         site's model is scored on the shared set while it is loaded, then spilled again."""
         if not self.personalized:
-            self.global_model.load_arrays(self.current)
+            self.global_model.load_arrays(self.strategy.model_arrays(self.current))
         site_scores, on_shared = {}, {}
         for name, data in self.sites.items():
             model = self._scoring(name)

@@ -20,17 +20,17 @@ class TooFewUpdates(RuntimeError):
 
 
 class Server:
-    """The global arrays (``current``, local groups included: they never travel) and the
-    strategy that updates them; ``max_samples`` and ``max_update_ratio`` bound what a site may
-    claim and change (``check_update``)."""
+    """The global arrays (``current``, local groups and the strategy's state included, see
+    ``Strategy.with_state``) and the strategy that updates them; ``max_samples`` and
+    ``max_update_ratio`` bound what a site may claim and change (``check_update``)."""
 
     def __init__(self, strategy: Strategy, current: dict[str, torch.Tensor], *, min_clients: int = 1,
                  max_samples: int | None = None, max_update_ratio: float | None = None):
-        self.strategy, self.current, self.min_clients = strategy, dict(current), min_clients
+        self.strategy, self.current, self.min_clients = strategy, strategy.with_state(current), min_clients
         self.limits = {"max_samples": max_samples, "max_ratio": max_update_ratio}
 
     def shared(self) -> dict[str, torch.Tensor]:
-        """What the sampled sites receive."""
+        """What the sampled sites receive (the model and the strategy's ``CONTROL`` arrays)."""
         return self.strategy.shared(self.current)
 
     def round(self, r: int, replies: dict[str, Update | str], sites: list[str] | None = None) -> dict:

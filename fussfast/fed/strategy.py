@@ -1,4 +1,5 @@
-"""Server-side aggregation: FedAvg, FedProx and the FUSS paper's FedCC-kMeans / FedCC-Maximin.
+"""Server-side aggregation: FedAvg, FedProx, MOON, FedDyn, SCAFFOLD and the FUSS paper's
+FedCC-kMeans / FedCC-Maximin.
 
 A client's upload is an ``Update``: named arrays (the head's parameters, ``"centroids"`` [K, D]),
 its sample count and metrics. ``Strategy.aggregate(round, updates, current)`` returns the new
@@ -8,6 +9,13 @@ Only the head and the centroids travel; the frozen backbone never does.
 
 A new strategy is a ``Strategy`` subclass here with ``@register(name)``, and an ``options``
 classmethod if it reads config keys (``fed.<key>``, declared in ``fussfast/config.py``).
+
+Strategy state lives with the arrays it belongs to. The server's (FedDyn's h, SCAFFOLD's c) is
+part of the global arrays under ``SERVER_ONLY`` (never sent) or ``CONTROL`` (sent with the model,
+and an update carries an array of the same name back): so it is checkpointed, screened and its
+bytes counted like the model. ``initial_state`` makes it; ``model_arrays`` leaves it out where a
+model loads the arrays. A client's own state (FedDyn's g_k, SCAFFOLD's c_i) is a dict that
+``Client`` keeps, saves and spills; ``client_penalty`` reads it and ``client_finish`` renews it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from fussfast.ops import kmeans, maximin
 from fussfast.ops._boundary import METRICS, accumulation_dtype
 
 CENTROIDS = "centroids"
+CONTROL = "control."  # strategy arrays that travel with the model (SCAFFOLD's c down, its delta c up)
+SERVER_ONLY = "server."  # strategy arrays that stay on the server (FedDyn's h)
 CC_METRICS = METRICS  # FedCC clusters with the ops' metrics
 PROX_SCOPES = ("head", "mlp")
 _REGISTRY: dict[str, tuple[type, dict]] = {}
@@ -51,7 +61,8 @@ def check_update(update: Update, current: dict[str, torch.Tensor], *, max_sample
     """Why an update must be left out of the round, or None if it is usable: no samples or more
     than ``max_samples``, a non-finite loss, missing or extra arrays, another shape or dtype,
     NaN/Inf, or a change from ``current`` (the shared global arrays) whose norm exceeds
-    ``max_ratio`` times the global arrays' norm."""
+    ``max_ratio`` times the global arrays' norm (the model's arrays; ``CONTROL`` arrays are a
+    strategy's increments, screened for names, shapes, dtypes and finiteness only)."""
     name = update.client
     if not isinstance(update.num_samples, int) or update.num_samples <= 0:
         return f"{name}: no samples"
@@ -71,7 +82,7 @@ def check_update(update: Update, current: dict[str, torch.Tensor], *, max_sample
             return f"{name}: {key} is {value.dtype}, expected {current[key].dtype}"
         if not torch.isfinite(value).all():
             return f"{name}: {key} contains NaN or Inf"
-        if value.is_floating_point():
+        if value.is_floating_point() and not key.startswith(CONTROL):  # a control array is not a model move
             change += float((value.double() - current[key].double()).square().sum())
             size += float(current[key].double().square().sum())
     if max_ratio is not None and math.sqrt(change) > max_ratio * max(math.sqrt(size), 1e-12):
@@ -87,8 +98,9 @@ class Strategy:
     name = "fedavg"
     code_terms = False  # whether client_contrast adds a term (clients then keep their previous head)
 
-    def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = ()):
+    def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = (), num_clients: int = 1):
         self.weighted, self.local_params = weighted, tuple(local_params)
+        self.num_clients = num_clients  # every site of the federation, sampled or not (FedDyn's m, SCAFFOLD's N)
 
     @classmethod
     def options(cls, fed, seed: int) -> dict:
@@ -108,13 +120,12 @@ class Strategy:
         w = self.weights(updates)
         out = dict(current)
         for name, value in current.items():
-            if self.is_local(name):
+            if self.is_local(name) or name.startswith((CONTROL, SERVER_ONLY)):  # state: the subclass's rule
                 continue
             if name == CENTROIDS:
                 out[name] = self.combine_centroids([u.arrays[name] for u in updates], updates).to(value.dtype)
             else:
-                stacked = torch.stack([u.arrays[name].double() for u in updates])
-                out[name] = (w.view(-1, *[1] * value.dim()) * stacked).sum(0).to(value.dtype)
+                out[name] = mean64([u.arrays[name] for u in updates], w).to(value.dtype)
         return out
 
     def combine_centroids(self, centroids: list[torch.Tensor], updates: list[Update]) -> torch.Tensor:
@@ -123,13 +134,49 @@ class Strategy:
         return (w.view(-1, 1, 1) * torch.stack([c.double() for c in centroids])).sum(0)
 
     def shared(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The arrays that travel between server and clients."""
-        return {k: v for k, v in arrays.items() if not self.is_local(k)}
+        """The arrays that travel between server and clients (``CONTROL`` state included)."""
+        return {k: v for k, v in arrays.items() if not self.is_local(k) and not k.startswith(SERVER_ONLY)}
 
-    def client_penalty(self, params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Extra local loss term on the head's parameters (names as in the arrays: ``head.…``);
-        none for FedAvg."""
+    def model_arrays(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The shared arrays a model loads: ``shared`` without the strategy's state."""
+        return {k: v for k, v in self.shared(arrays).items() if not k.startswith(CONTROL)}
+
+    def corrects(self, name: str) -> bool:
+        """Whether the client terms and drift corrections (FedProx, FedDyn, SCAFFOLD) cover array
+        ``name``: the shared model parameters, the head's and LoRA's (the centroids are a probe with
+        its own optimizer and are averaged as FedAvg does; local groups never travel)."""
+        return name.startswith(("head.", "lora.")) and not self.is_local(name)
+
+    def corrected(self, arrays: dict[str, torch.Tensor]) -> list[str]:
+        return [k for k in arrays if self.corrects(k)]
+
+    def initial_state(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The server's strategy arrays for a model of ``arrays`` (none for FedAvg)."""
+        return {}
+
+    def with_state(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``arrays`` plus the strategy arrays they lack (idempotent: restored state is kept)."""
+        model = {k: v for k, v in arrays.items() if not k.startswith((CONTROL, SERVER_ONLY))}
+        return {**arrays, **{k: v for k, v in self.initial_state(model).items() if k not in arrays}}
+
+    def client_penalty(self, params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor],
+                       state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Extra local loss term on the shared model parameters ``params`` (names as in the arrays:
+        ``head.…``, ``lora.…``); ``global_params``: their values at the round's start and the
+        ``CONTROL`` arrays received; ``state``: the client's own strategy state. None for FedAvg."""
         return torch.zeros(())
+
+    def client_step(self, params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor],
+                    state: dict[str, torch.Tensor], *, lr: float) -> None:
+        """After each local optimizer step: a correction of the step just taken, in place (SCAFFOLD's);
+        arguments as ``client_penalty``'s. None for FedAvg."""
+
+    def client_finish(self, state: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+                      end: dict[str, torch.Tensor], *, steps: int, lr: float):
+        """After ``steps`` local steps at learning rate ``lr`` from ``start`` (the arrays received)
+        to ``end`` (the model's arrays): the client's new strategy state and the ``CONTROL``
+        arrays its update carries. Nothing for FedAvg."""
+        return state, {}
 
     def client_contrast(self, code, code_global, code_previous) -> torch.Tensor | None:
         """Extra local loss term on the codes (MOON); None: the strategy has none."""
@@ -201,7 +248,7 @@ class FedProx(Strategy):
     def options(cls, fed, seed):
         return {**super().options(fed, seed), "mu": fed.mu, "scope": fed.prox_scope}
 
-    def client_penalty(self, params, global_params):
+    def client_penalty(self, params, global_params, state=None):
         total = torch.zeros(())
         for name, p in params.items():
             if name == CENTROIDS or self.is_local(name) or (self.scope == "mlp" and ".mlp." not in f".{name}"):
@@ -241,6 +288,131 @@ class FedCC(Strategy):
         return kmeans(pooled, K, metric=self.metric, n_init=10, seed=self.seed).centroids
 
 
+def mean64(values: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """``sum_k weights[k] * values[k]`` in float64."""
+    stacked = torch.stack([v.double() for v in values])
+    return (weights.view(-1, *[1] * (stacked.dim() - 1)) * stacked).sum(0)
+
+
+def _check_participants(name: str, updates: list[Update], num_clients: int) -> None:
+    if len(updates) > num_clients:
+        raise ValueError(f"{name}: {len(updates)} updates from a federation of {num_clients} clients")
+
+
+@register("feddyn")
+class FedDyn(Strategy):
+    """FedDyn (Acar et al. 2021). Client k minimizes ``L_k(θ) − <g_k, θ> + α/2 ||θ − θ^{t−1}||²``
+    and then sets ``g_k ← g_k − α (θ_k − θ^{t−1})``. The server keeps ``h`` (``server.<name>``):
+    ``h ← h − α/m Σ_{k∈P} (θ_k − θ^{t−1})`` (m: every client), ``θ^t = mean_k θ_k − h/α``. The
+    mean uses the strategy's weights (uniform: the paper; by sample count: ``fed.weighted``); h's
+    sum is the paper's, so that h stays the mean of every client's g_k. Head parameters only: the
+    centroids are averaged as FedAvg does."""
+
+    name = "feddyn"
+
+    def __init__(self, *, alpha: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        if not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"feddyn: alpha (fed.dyn_alpha) must be a finite number > 0, got {alpha!r}")
+        self.alpha = alpha
+
+    @classmethod
+    def options(cls, fed, seed):
+        return {**super().options(fed, seed), "alpha": fed.dyn_alpha}
+
+    def initial_state(self, arrays):
+        return {SERVER_ONLY + k: torch.zeros_like(arrays[k]) for k in self.corrected(arrays)}
+
+    def aggregate(self, round, updates, current):
+        out = super().aggregate(round, updates, current)
+        _check_participants(self.name, updates, self.num_clients)
+        w = self.weights(updates)
+        for name in self.corrected(current):
+            before, h = current[name].double(), current[SERVER_ONLY + name].double()
+            h = h - self.alpha / self.num_clients * sum(u.arrays[name].double() - before for u in updates)
+            out[SERVER_ONLY + name] = h.to(current[name].dtype)
+            out[name] = (mean64([u.arrays[name] for u in updates], w) - h / self.alpha).to(current[name].dtype)
+        return out
+
+    def client_penalty(self, params, global_params, state=None):
+        total = torch.zeros(())
+        for name, p in params.items():
+            if not self.corrects(name):
+                continue
+            total = total + self.alpha / 2 * ((p - global_params[name].to(p)) ** 2).sum()
+            if state and name in state:
+                total = total - (state[name].to(p) * p).sum()
+        return total
+
+    def client_finish(self, state, start, end, *, steps, lr):
+        renewed = {}
+        for name in self.corrected(end):
+            g = state[name].double() if name in state else 0.0
+            renewed[name] = (g - self.alpha * (end[name].double() - start[name].double())).to(end[name].dtype)
+        return renewed, {}
+
+
+@register("scaffold")
+class Scaffold(Strategy):
+    """SCAFFOLD (Karimireddy et al. 2020), option II. The server's control variate c travels as
+    ``control.<name>``; client i's c_i stays with it. Each local step is corrected by ``c − c_i``:
+    ``y ← y − η (d + c − c_i)`` with d the local optimizer's step direction (the gradient for the
+    paper's SGD; Adam's ``m̂ / (√v̂ + ε)`` here: the correction is applied after Adam's step, so
+    that c and c_i, which option II measures from the moves made, are in the units of the
+    directions they correct). After K steps at learning rate η: ``c_i⁺ = c_i − c + (x − y_i) / (K η)``
+    (the mean direction taken); the update carries
+    y_i and ``Δc_i = c_i⁺ − c_i`` (as ``control.<name>``). Server: ``x ← x + η_g Σ_k w_k (y_k − x)``
+    (w: the strategy's weights; uniform in the paper), ``c ← c + 1/N Σ_{k∈S} Δc_k`` (N: every
+    client, so c stays the mean of every c_i). Head parameters only: the centroids are averaged
+    as FedAvg does."""
+
+    name = "scaffold"
+
+    def __init__(self, *, server_lr: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not math.isfinite(server_lr) or server_lr <= 0:
+            raise ValueError(f"scaffold: server_lr (fed.server_lr) must be a finite number > 0, got {server_lr!r}")
+        self.server_lr = server_lr
+
+    @classmethod
+    def options(cls, fed, seed):
+        return {**super().options(fed, seed), "server_lr": fed.server_lr}
+
+    def initial_state(self, arrays):
+        return {CONTROL + k: torch.zeros_like(arrays[k]) for k in self.corrected(arrays)}
+
+    def aggregate(self, round, updates, current):
+        out = super().aggregate(round, updates, current)
+        _check_participants(self.name, updates, self.num_clients)
+        w = self.weights(updates)
+        for name in self.corrected(current):
+            x, c = current[name].double(), current[CONTROL + name].double()
+            step = mean64([u.arrays[name] for u in updates], w) - x
+            out[name] = (x + self.server_lr * step).to(current[name].dtype)
+            delta = sum(u.arrays[CONTROL + name].double() for u in updates) / self.num_clients
+            out[CONTROL + name] = (c + delta).to(current[CONTROL + name].dtype)
+        return out
+
+    @torch.no_grad()
+    def client_step(self, params, global_params, state, *, lr):
+        for name, p in params.items():
+            if not self.corrects(name) or CONTROL + name not in global_params:
+                continue
+            correction = global_params[CONTROL + name].to(p)
+            if name in state:
+                correction = correction - state[name].to(p)
+            p.sub_(lr * correction)
+
+    def client_finish(self, state, start, end, *, steps, lr):
+        renewed, deltas = {}, {}
+        for name in self.corrected(end):
+            c_i = state[name].double() if name in state else torch.zeros_like(end[name], dtype=torch.float64)
+            new = c_i - start[CONTROL + name].double() + (start[name].double() - end[name].double()) / (steps * lr)
+            renewed[name] = new.to(end[name].dtype)
+            deltas[CONTROL + name] = (new - c_i).to(end[name].dtype)
+        return renewed, deltas
+
+
 STRATEGIES = tuple(_REGISTRY)
 
 
@@ -252,8 +424,9 @@ def make_strategy(name: str, **options) -> Strategy:
     return cls(**fixed, **options)
 
 
-def strategy_from_config(fed, seed: int) -> Strategy:
-    """The strategy of a config's ``fed`` section; ``centralized`` is ``local`` over one pooled site."""
+def strategy_from_config(fed, seed: int, num_clients: int = 1) -> Strategy:
+    """The strategy of a config's ``fed`` section for a federation of ``num_clients`` sites;
+    ``centralized`` is ``local`` over one pooled site."""
     name = "local" if fed.strategy == "centralized" else fed.strategy
     cls, fixed = _REGISTRY[name]
-    return cls(**fixed, **cls.options(fed, seed))
+    return cls(**fixed, **cls.options(fed, seed), num_clients=num_clients)

@@ -1,4 +1,4 @@
-"""The ClientApp: one site. Its head, centroids, Adam and MOON state live in the node's
+"""The ClientApp: one site. Its head, centroids, Adam, MOON and strategy state live in the node's
 ``context.state`` between rounds; features come from the node's cache."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     config, site, client, strategy = _site_client(context)
-    client.model.load_arrays(strategy.shared(to_torch(msg.content["arrays"])))
+    client.model.load_arrays(strategy.model_arrays(to_torch(msg.content["arrays"])))
     s = client.evaluate(client.data.get(), config.data.num_classes, crf_of(config))
     return Message(content=RecordDict({
         "metrics": MetricRecord({"num-examples": client.num_samples, **flat_scores(s)}),

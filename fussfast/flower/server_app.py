@@ -105,16 +105,17 @@ def main(grid: Grid, context: Context) -> None:
     outputs = RunDir(out_dir, config, setup.device, setup.shared, setup.seconds, started, precision=setup.precision,
                      head_precision=setup.head_precision)
     global_model = setup.new_model()
-    current, history = global_model.arrays(), []
+    strategy = setup.strategy(global_model.arrays())
+    current, history = strategy.with_state(global_model.arrays()), []  # FedDyn's h, SCAFFOLD's c included
     if resume:
         tensors, state = outputs.load_checkpoint()
-        current = under(tensors, "global/")
-        expect_like(current, global_model.arrays(), "the checkpoint's global arrays")
+        fresh, current = current, under(tensors, "global/")
+        expect_like(current, fresh, "the checkpoint's global arrays")
         history = state["history"]
     fed, K = config.fed, config.data.num_classes
     # fed.clients_per_round: exactly that many nodes (Flower samples max(fraction * nodes, min_train_nodes))
     fraction, least = (1e-9, fed.clients_per_round) if fed.clients_per_round else (fed.fraction, fed.min_clients)
-    flower = FussfastStrategy(setup.strategy(current), current, min_clients=fed.min_clients, offset=len(history),
+    flower = FussfastStrategy(strategy, current, min_clients=fed.min_clients, offset=len(history),
                               limits=setup.limits(), rounds=fed.rounds, eval_every=fed.eval_every,
                               fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=least,
                               min_evaluate_nodes=1, min_available_nodes=max(fed.min_clients, least))
@@ -125,7 +126,7 @@ def main(grid: Grid, context: Context) -> None:
         pending = dict(flower.pending)
         record, clients = {"round": pending.pop("round")}, pending.pop("clients", {})
         if flower.scored(server_round):
-            global_model.load_arrays(flower.current)
+            global_model.load_arrays(strategy.model_arrays(flower.current))
             record.update({"global": global_model.scores(setup.shared, K, setup.crf), "clients": clients})
         history.append({**record, **pending})
         outputs.save_round({f"global/{k}": v for k, v in flower.current.items()}, {"history": history, "clients": {}},
@@ -139,6 +140,6 @@ def main(grid: Grid, context: Context) -> None:
                      timeout=float(context.run_config.get("round-timeout", 3600)), evaluate_fn=server_evaluate,
                      train_config=ConfigRecord({ROUND_OFFSET: len(history)}))
     if not flower.server.strategy.local_params:  # personalized groups stay on the sites: no global model
-        global_model.load_arrays(flower.current)
+        global_model.load_arrays(strategy.model_arrays(flower.current))
         outputs.save_models({"global": global_model}, setup.shared, setup.evaluation, K)
     outputs.write_metrics(history)

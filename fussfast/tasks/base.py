@@ -55,6 +55,7 @@ class LocalModel:
     matching = "hungarian"  # how predictions map to classes when scoring
     device: torch.device
     head: nn.Module
+    head_lr: float  # the head's (and LoRA's) learning rate: SCAFFOLD's eta
     encoder: nn.Module | None = None
     moe: MixtureAdapter | None = None
     moe_balance = 0.0  # weight of the experts' load-balancing term
@@ -194,6 +195,14 @@ class LocalModel:
         if crf is not None:
             out["crf"] = scores(self.confusion(data, num_classes, crf=crf), self.matching)
         return out
+
+
+def after_step(extra) -> None:
+    """Runs ``extra.after_step`` (a strategy's correction of the optimizer step just taken:
+    SCAFFOLD's), if the client term ``extra`` has one."""
+    hook = getattr(extra, "after_step", None)
+    if hook is not None:
+        hook()
 
 
 class Encoded:

@@ -11,7 +11,7 @@ from fussfast.losses import RegionContrast
 from fussfast.model import SupervisedHead
 from fussfast.ops import back_ce
 from fussfast.ops.bilinear_sample import channels_last
-from fussfast.tasks.base import MOE, LocalModel, load_head
+from fussfast.tasks.base import MOE, LocalModel, after_step, load_head
 
 OBJECTIVES = ("ce", "backce", "backce+contrast")
 
@@ -45,6 +45,7 @@ class SupervisedModel(LocalModel):
         self.contrast = None
         if objective == "backce+contrast":
             self.contrast = contrast or RegionContrast(num_classes, backend=backend)
+        self.head_lr = lr
         self.opt = torch.optim.Adam([*self.head.parameters(), *self.encoder_parameters()], lr=lr)
         self._add_moe(feat_dim, moe_experts, moe_hidden, moe_router, moe_balance, lr)
 
@@ -112,6 +113,7 @@ class SupervisedModel(LocalModel):
             (loss + self.balance_term() + (extra(self.head, feats, embed) if extra else 0)).backward()
             for opt in optimizers:
                 opt.step()
+            after_step(extra)
             losses.append(float(loss.detach()))
         return losses
 

@@ -10,7 +10,7 @@ from fussfast.features import FeatureSet
 from fussfast.losses import CorrespondenceConfig, CorrespondenceLoss
 from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
 from fussfast.ops.bilinear_sample import channels_last, tap_pixels
-from fussfast.tasks.base import MOE, LocalModel, load_head
+from fussfast.tasks.base import MOE, LocalModel, after_step, load_head
 
 
 class SiteModel(LocalModel):
@@ -31,6 +31,7 @@ class SiteModel(LocalModel):
         self.probe = ClusterProbe(code_dim, num_classes, backend=backend).to(self.device)
         self.loss = CorrespondenceLoss(loss, backend=backend)
         self.num_neighbors = num_neighbors
+        self.head_lr = head_lr
         self.head_opt = torch.optim.Adam([*self.head.parameters(), *self.encoder_parameters()], lr=head_lr)
         self.probe_opt = torch.optim.Adam(self.probe.parameters(), lr=probe_lr)
         self._add_moe(feat_dim, moe_experts, moe_hidden, moe_router, moe_balance, head_lr)
@@ -91,6 +92,7 @@ class SiteModel(LocalModel):
             (corr.total + probe_loss + self.balance_term() + extra_terms).backward()
             for opt in optimizers:
                 opt.step()
+            after_step(extra)
             losses.append(float((corr.total + probe_loss).detach()))
         return losses
 
