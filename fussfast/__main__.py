@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key for every strategy (repeatable)")
+    demo.add_argument("--strategies", metavar="NAME,NAME", help="the strategies compared, any of fed.strategy's "
+                      "(default: local,fedavg,fedcc-kmeans,fedcc-maximin)")
     show = sub.add_parser("config", help="print the resolved config as TOML, or with --keys every key")
     show.add_argument("config", nargs="?", help="TOML file (default: the built-in synthetic setup)")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -65,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             print(keys_markdown() if args.keys else to_toml(load_config(args.config, args.set)))
         if args.command == "demo":
             from fussfast.config import load_config
+            from fussfast.demo import STRATEGIES
             from fussfast.demo import demo as run_demo
 
-            load_config(None, args.set)  # bad overrides fail before any work
-            summary = run_demo(args.out, args.set)
+            strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies \
+                else STRATEGIES
+            for name in strategies:  # bad overrides and names fail before any work
+                load_config(None, [*args.set, f'fed.strategy="{name}"'])
+            summary = run_demo(args.out, args.set, strategies)
             for name, s in summary["strategies"].items():
                 g = s["final"]["global"]
                 print(f"{name:>14}: global mIoU {g['miou']:.1f}, Dice {g['dice']:.1f}")

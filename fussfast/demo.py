@@ -1,6 +1,7 @@
 """``fussfast demo``: the FUSS comparison on the built-in synthetic label-skewed data, with no
-files or network: ``local``, ``fedavg``, ``fedcc-kmeans`` and ``fedcc-maximin`` from the same
-cached features, then ``DIR/report.html`` and ``DIR/metrics.json``."""
+files or network: ``local``, ``fedavg``, ``fedcc-kmeans`` and ``fedcc-maximin`` (or the
+``strategies`` given) from the same cached features, then ``DIR/report.html`` and
+``DIR/metrics.json``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def demo(out_dir: str | Path, overrides: list[str] = (), strategies: tuple[str, 
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out_dir / "metrics.json")
+    title = ("local vs FedAvg vs FedCC" if tuple(strategies) == STRATEGIES else " vs ".join(strategies))
     write_report({name: out_dir / name for name in strategies}, out_dir / "report.html",
-                 title="fussfast demo: local vs FedAvg vs FedCC on synthetic label-skewed sites")
+                 title=f"fussfast demo: {title} on the built-in synthetic sites")
     return summary

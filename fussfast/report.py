@@ -99,21 +99,39 @@ def _final_table(runs: dict) -> str:
     name = lambda k, c: ("mIoU" if k == "miou" else "Dice") + (" (CRF)" if c else "")  # noqa: E731
     head = "".join(f"<th>global {name(k, c)}</th>" for k, c in kinds) + "<th>global acc</th>"
     head += "".join(f"<th>{html.escape(s)} {name(k, c)}</th>" for s in sites for k, c in kinds)
-    rows = [f"<tr><th>strategy</th>{head}<th>MB sent</th><th>wall s</th></tr>"]
+    rows = [f"<tr><th>run</th><th>setup</th>{head}<th>MB sent</th><th>wall s</th></tr>"]
     for label, r in runs.items():
         m = r["metrics"]
         g, clients = m["final"]["global"], m["final"]["clients"]
         mb = sum(b["up"] + b["down"] for rd in m["rounds"] for b in rd.get("bytes", {}).values()) / 1e6
         cells = "".join(_cell(_figure(g, k, c)) for k, c in kinds) + _cell(g["acc"])
         cells += "".join(_cell(_figure(clients.get(s, {}), k, c)) for s in sites for k, c in kinds)
-        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}<td>{mb:.2f}</td><td>{m['timings']['total_s']:.0f}</td>"
-                    "</tr>")
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(_variant(m['config']))}</td>{cells}"
+                    f"<td>{mb:.2f}</td><td>{m['timings']['total_s']:.0f}</td></tr>")
     crf_note = (" (CRF): the predictions refined by a dense CRF on the images (eval.crf), matched and scored on "
                 "their own." if len(crf) > 1 else "")
     return ("<table>" + "".join(rows) + "</table><p class='note'>Global: the global model on the shared set "
             "(for local and personalized runs, the mean over the sites' own models). Per site: the same model on "
             f"that site's training images. Dice = 2TP / (2TP + FP + FN), averaged over classes as mIoU is."
             f"{crf_note}</p>")
+
+
+def _variant(config: dict) -> str:
+    """What sets a run apart: its strategy and, when on, LoRA, the local MoE, the two-phase round,
+    distillation and the local groups (keys absent from older runs count as off)."""
+    f, m = config["fed"], config["model"]
+    parts = [f["strategy"]]
+    if m.get("lora_rank", 0):
+        parts.append(f"LoRA r{m['lora_rank']} on {m['lora_blocks']} blocks")
+    if m.get("moe_experts", 0):
+        parts.append(f"MoE {m['moe_experts']} experts ({m['moe_router']})")
+    if f.get("personal_steps", 0):
+        parts.append(f"two-phase, {f['personal_steps']} personal steps")
+    if f.get("distill_weight", 0):
+        parts.append(f"distill {f['distill_weight']:g} ({f['distill']})")
+    if f.get("local_params"):
+        parts.append("local: " + ", ".join(f["local_params"]))
+    return "; ".join(parts)
 
 
 def _round_charts(runs: dict) -> str:
@@ -240,5 +258,6 @@ def _communication(runs: dict) -> str:
             b = rd.get("bytes", {}).values()
             cells.append(f"<td>{sum(x['up'] for x in b) / 1e6:.2f} / {sum(x['down'] for x in b) / 1e6:.2f}</td>")
         rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
-    return ("<table>" + "".join(rows) + "</table><p class='note'>Only the head and the centroids travel; the "
-            "backbone never does. Local training sends nothing.</p>")
+    return ("<table>" + "".join(rows) + "</table><p class='note'>What travels: the head, the centroids, LoRA's "
+            "factors when on and SCAFFOLD's control variates, minus the local groups (fed.local_params, the "
+            "mixture of experts); the backbone never does. Local training sends nothing.</p>")

@@ -248,6 +248,27 @@ def test_demo_end_to_end_writes_report(tmp_path):
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
 
 
+def test_demo_of_chosen_strategies_shows_their_rows(tmp_path):
+    """The new methods in the demo's report: FedDyn and SCAFFOLD rows, the setup column naming the
+    MoE and the two-phase round, the CRF's figures; a bad strategy name fails before any work."""
+    out = tmp_path / "demo"
+    sets = TINY + ["fed.rounds=1", "task=\"supervised\"", "data.split=\"class-erased\"", "model.moe_experts=2",
+                   "fed.personal_steps=1", "eval.crf=true", "eval.crf_iterations=2",
+                   f"cache_dir=\"{tmp_path / 'cache'}\""]
+    cli = subprocess.run([sys.executable, "-m", "fussfast", "demo", "--out", str(out), "--strategies",
+                          "fedavg,feddyn,scaffold"] + [a for s in sets for a in ("--set", s)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert cli.returncode == 0, cli.stderr
+    assert list(json.loads((out / "metrics.json").read_text())["strategies"]) == ["fedavg", "feddyn", "scaffold"]
+    page = (out / "report.html").read_text()
+    for text in ("fedavg vs feddyn vs scaffold", "<td>feddyn</td>", "<td>scaffold</td>",
+                 "scaffold; MoE 2 experts (pixel); two-phase, 1 personal steps", "global mIoU (CRF)", "global Dice (CRF)"):
+        assert text in page, text
+    bad = subprocess.run([sys.executable, "-m", "fussfast", "demo", "--out", str(tmp_path / "x"), "--strategies",
+                          "fedavg,fedsomething"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "fed.strategy" in bad.stderr and not (tmp_path / "x").exists()
+
+
 def test_eval_every_scores_some_rounds_and_always_the_last(tmp_path):
     from fussfast.report import write_report
 
