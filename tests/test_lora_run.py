@@ -19,10 +19,6 @@ def tiny(tmp_path, *extra):
     return load_config(None, TINY + [f"cache_dir=\"{tmp_path.parent / 'lora-cache'}\"", *extra])
 
 
-def comparable(metrics):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["rounds"]]
-
-
 @pytest.mark.parametrize("task", ["unsupervised", "supervised"])
 def test_cache_holds_the_stem_and_the_untrained_adapter_changes_nothing(tmp_path, task):
     """The cached inputs are the tokens before the first adapted block; with B = 0 the encoded
@@ -62,29 +58,15 @@ def test_training_moves_the_adapter_not_the_backbone(tmp_path, task):
     assert not any(p.requires_grad for p in backbone.parameters())
 
 
-def test_run_counts_the_adapter_bytes_and_resumes(tmp_path, monkeypatch):
-    config = tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=3", "fed.local_params=[\"head.mlp\"]")
-    whole = run(config, tmp_path / "whole")
+def test_run_counts_the_adapter_bytes(tmp_path):
+    """LoRA's factors travel with what is shared (resume: tests/test_federation.py)."""
+    config = tiny(tmp_path, "fed.strategy=\"fedavg\"", "fed.rounds=1", "fed.local_params=[\"head.mlp\"]")
+    metrics = run(config, tmp_path / "run")
     model = prepare(config).new_model()
     shared = {k: v for k, v in model.arrays().items() if not k.startswith("head.mlp.")}
+    assert any(k.startswith("lora.") for k in shared)
     size = sum(v.numel() * v.element_size() for v in shared.values())
-    assert whole["rounds"][0]["bytes"]["site0"] == {"down": size, "up": size}
-
-    from fussfast.fed.loop import Federation
-
-    real, calls = Federation.run_round, []
-
-    def interrupted(self, r):
-        if r == 3 and not calls:
-            calls.append(r)
-            raise KeyboardInterrupt
-        return real(self, r)
-
-    monkeypatch.setattr(Federation, "run_round", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "cut")
-    resumed = run(config, tmp_path / "cut", resume=True)
-    assert comparable(resumed) == comparable(whole)
+    assert metrics["rounds"][0]["bytes"]["site0"] == {"down": size, "up": size}
 
 
 def test_cli_run_supervised_with_lora(tmp_path):
