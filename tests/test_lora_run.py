@@ -81,3 +81,36 @@ def test_lora_config_errors(tmp_path):
         tiny(tmp_path, "model.lora_targets=[\"fc1\"]")
     with pytest.raises(ConfigError, match="model.lora_blocks"):
         prepare(tiny(tmp_path, "model.lora_blocks=13"))
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_the_loss_correlates_the_frozen_features_not_the_adapted_ones(tmp_path, monkeypatch, backend):
+    """STEGO's teacher signal stays the frozen backbone's: with LoRA's B non-zero the head reads
+    adapted features, while the correspondence loss gets the plain backbone's features of the
+    same images (a target LoRA could move would collapse features and codes together)."""
+    from fussfast.losses import CorrespondenceLoss
+
+    setup = prepare(tiny(tmp_path, "fed.strategy=\"fedavg\"", f"train.backend=\"{backend}\""))
+    model = setup.new_model()
+    with torch.no_grad():
+        for p in model.encoder.lora.parameters():
+            p.normal_(0, 0.5)
+    seen = []
+    for name in ("stacked", "__call__"):
+        real = getattr(CorrespondenceLoss, name)
+
+        def spy(self, feats, *args, real=real, **kwargs):
+            seen.append(feats.detach().clone())
+            return real(self, feats, *args, **kwargs)
+        monkeypatch.setattr(CorrespondenceLoss, name, spy)
+    data = setup.train["site0"].get()
+    model.train_steps(data, torch.arange(len(data))[:, None].roll(1, 0), 1, 3, torch.Generator().manual_seed(0))
+    feats = seen[0] if seen[0].shape[-1] == setup.feature_dim else seen[0].permute(0, 2, 3, 1)  # channels-last
+    frozen = model.frozen_features(data.features).permute(0, 2, 3, 1)
+    adapted = model.encode(data.features).detach().permute(0, 2, 3, 1)
+    assert not torch.allclose(frozen, adapted, atol=1e-2)  # the adapter does change the features
+    rows = lambda t: t.reshape(-1, t.shape[-1]).float()  # noqa: E731
+    to_frozen = torch.cdist(rows(feats), rows(frozen)).min(1).values  # each row's nearest frozen pixel
+    to_adapted = torch.cdist(rows(feats), rows(adapted)).min(1).values
+    scale = rows(frozen).norm(dim=1).mean()
+    assert to_frozen.max() < 0.02 * scale < to_adapted.min(), (to_frozen.max(), to_adapted.min(), scale)

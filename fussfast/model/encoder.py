@@ -30,10 +30,18 @@ class AdaptedEncoder(nn.Module):
         self.__dict__["backbone"] = backbone  # not a submodule: never in state_dict, parameters or .to()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        device = next(self.lora.parameters()).device
-        tokens = tokens.to(device, self.backbone.dtype)
+        tokens = self._on_device(tokens)
         with self.backbone.adapted(self.lora):
             return self.backbone.tail(tokens, self.lora.first_block, token_grid(tokens, self.backbone)).float()
+
+    @torch.no_grad()
+    def frozen(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The plain backbone's feature map of the same tokens (no adapter), float32."""
+        tokens = self._on_device(tokens)
+        return self.backbone.tail(tokens, self.lora.first_block, token_grid(tokens, self.backbone)).float()
+
+    def _on_device(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.to(next(self.lora.parameters()).device, self.backbone.dtype)
 
 
 def token_grid(tokens: torch.Tensor, backbone: FrozenBackbone) -> tuple[int, int]:

@@ -65,6 +65,12 @@ class LocalModel:
         """The features of cached inputs ``x``: ``x`` itself without an encoder."""
         return x if self.encoder is None else self.encoder(x)
 
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's features of cached inputs ``x``, without gradients: the teacher
+        signal of STEGO's loss. With LoRA these are not the adapted features the head reads: a
+        target the adapter could move would let it collapse features and codes together."""
+        return x if self.encoder is None else self.encoder.frozen(x)
+
     def encoded(self, cached: torch.Tensor) -> "Encoded | torch.Tensor":
         """A whole site's features to be read in batches: the cache itself, or with an encoder a
         view that encodes each slice when read (no site-sized feature copy)."""

@@ -78,12 +78,14 @@ class SiteModel(LocalModel):
             if fused:
                 feats, code, corr = self._fused_step(data.features, idx, pos, generator)
             else:
-                both = self.encode(data.features[torch.cat([idx, pos])].to(self.device)).float()
-                feats, feats_pos = both[:len(idx)], both[len(idx):]
+                cached = data.features[torch.cat([idx, pos])].to(self.device)
+                both = self.encode(cached).float()
+                feats = both[:len(idx)]
                 adapted = self.head_input(both)  # one call: its gates balance both
                 code, code_pos = self.head(adapted[:len(idx)]), self.head(adapted[len(idx):])
                 points = self.loss.sample_points(len(idx), self.device, generator=generator)
-                corr = self.loss(feats.detach(), code, feats_pos.detach(), code_pos, points=points)  # as _fused_step
+                target = self.frozen_features(cached).float()  # as _fused_step
+                corr = self.loss(target[:len(idx)], code, target[len(idx):], code_pos, points=points)
             probe_loss, _ = self.probe(code.detach())
             optimizers = [self.head_opt, self.probe_opt, *([self.moe_opt] if self.moe is not None else [])]
             for opt in optimizers:
@@ -102,10 +104,10 @@ class SiteModel(LocalModel):
         the positives' pixels the sampled points read, the sampling fused (bilinear_sample).
         Same random draws, in the same order, as the NCHW path; returns NCHW views."""
         B = len(idx)
-        x = channels_last(self.encode(features[torch.cat([idx, pos])]), self.device,
-                          self.head.input_dtype)  # [2B, H, W, C]
+        cached = features[torch.cat([idx, pos])]
+        x = channels_last(self.encode(cached), self.device, self.head.input_dtype)  # [2B, H, W, C]
         _, H, W, C = x.shape
-        a = self.head_input(x, channels_last=True)  # what the head reads; the loss's feature side stays x
+        a = self.head_input(x, channels_last=True)  # what the head reads
         masks = [self.head.channel_mask(B, self.device) for _ in range(2)]
         code = self.head.rows(a[:B], None if masks[0] is None else masks[0][:, None, None])
         points = self.loss.sample_points(B, self.device, generator=generator)
@@ -114,8 +116,9 @@ class SiteModel(LocalModel):
         where = used.view(-1).nonzero()[:, 0]  # the positives' pixels that are read
         rows = self.head.rows(a[B:].reshape(-1, C)[where], None if masks[1] is None else masks[1][where // (H * W)])
         code_pos = rows.new_zeros(B * H * W, rows.shape[1]).index_copy(0, where, rows).view(B, H, W, -1)
-        # with LoRA the features' correlation stays the target: only the codes pass gradients back
-        corr = self.loss.stacked(x.detach(), torch.cat([code, code_pos]), points=points)
+        # the features' side of the loss is the frozen backbone's (the cache itself without LoRA)
+        target = x if self.encoder is None else channels_last(self.frozen_features(cached), self.device, x.dtype)
+        corr = self.loss.stacked(target, torch.cat([code, code_pos]), points=points)
         return x[:B].permute(0, 3, 1, 2), code.permute(0, 3, 1, 2), corr
 
     @torch.no_grad()
