@@ -37,12 +37,17 @@ FEDSEG = ROOT.parent / "examples" / "fedseg.toml"
 STRATEGIES = ("fedavg", "fedprox", "feddyn", "scaffold", "moon")
 LORA = ["model.lora_rank=4", "model.lora_blocks=4"]
 MOE = ["model.moe_experts=3", "fed.personal_steps=20", "fed.distill_weight=1.0"]
-PERSONALIZED = {
-    "fedavg, full head": [],
-    "LoRA, full head shared": LORA,
-    "L-MoE + distillation (two-phase)": MOE,
-    "LoRA + L-MoE + distillation, head.mlp local": [*LORA, *MOE, 'fed.local_params=["head.mlp"]'],
-}
+# head layers kept on the sites: the unsupervised head's MLP branch; the supervised head's
+# projection (which BackCE alone never reads) and, apart, its trunk and projection too (only its
+# two linear classifiers then travel)
+LOCAL = {"unsupervised": ['["head.mlp"]'], "supervised": ['["head.proj"]', '["head.trunk", "head.proj"]']}
+
+
+def personalized(task: str) -> dict[str, list[str]]:
+    variants = {"fedavg, full head": [], "LoRA, full head shared": LORA, "L-MoE + distillation (two-phase)": MOE}
+    for local in LOCAL[task]:
+        variants[f"LoRA + L-MoE + distillation, {local} local"] = [*LORA, *MOE, f"fed.local_params={local}"]
+    return variants
 
 
 def measure(config_file, overrides: list[str], out: Path) -> dict:
@@ -87,7 +92,7 @@ def personalize(args, out: Path) -> dict:
     if args.task == "supervised":
         base += ['loss.objective="backce"', 'data.split="class-erased"']
     runs = {}
-    for name, extra in PERSONALIZED.items():
+    for name, extra in personalized(args.task).items():
         runs[name] = measure(None, [*base, *extra], out / _folder(name))
         print(f"{name}: {runs[name]['global']}", file=sys.stderr)
     write_report({name: out / _folder(name) for name in runs}, out / "report.html",

@@ -133,8 +133,8 @@ class FedConfig:
     dyn_alpha: float = key(0.01, "feddyn: alpha of the dynamic regularizer (the paper's usual value)", above=0)
     server_lr: float = key(1.0, "scaffold: the server's learning rate eta_g on the mean model change", above=0)
     cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
-    local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head" or head '
-                                            'modules ("head.lin")')
+    local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head", head '
+                                            'modules ("head.lin") or "lora"')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
     distill: str = key("cosine", "distillation: cosine or kl", choices=DISTILL_KINDS)
     personal_steps: int = key(0, "two-phase round: steps fine-tuning the local groups (MoE, fed.local_params) after "

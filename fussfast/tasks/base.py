@@ -1,5 +1,5 @@
-"""What both tasks' local models share: a ``head`` on cached features, the optional mixture of
-experts in front of it, predictions, scoring."""
+"""What both tasks' local models share: a ``head`` on cached inputs, what may sit in front of it
+(LoRA's encoder, the mixture of experts), predictions, scoring (optionally through a dense CRF)."""
 
 from __future__ import annotations
 
