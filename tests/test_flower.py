@@ -180,7 +180,8 @@ def test_loopback_deployment_two_rounds(tmp_path, task):
         assert state["round"] == 2
         glob = {k.removeprefix("global/"): v for k, v in load_file(str(out / "checkpoint" / state["tensors"])).items()}
         heads = {k for k in glob if k.startswith("head.")}
-        assert {k for k in glob if k.startswith("control.")} == {"control." + k for k in heads}
+        lora = {k for k in glob if k.startswith("lora.")}  # LoRA's factors are corrected too
+        assert lora and {k for k in glob if k.startswith("control.")} == {"control." + k for k in heads | lora}
         assert all(glob["control." + k].abs().sum() > 0 for k in heads)  # c moved
         size = sum(v.numel() * v.element_size() for v in glob.values())  # the model and c
         assert all(r["bytes"][s] == {"down": size, "up": size} for r in metrics["rounds"] for s in r["sampled"])
