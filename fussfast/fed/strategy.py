@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fussfast.fed.autok import estimate_k
 from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
 from fussfast.ops._boundary import METRICS, accumulation_dtype
+from fussfast.tasks import ACTIVE
 
 CENTROIDS = "centroids"
 CONTROL = "control."  # strategy arrays that travel with the model (SCAFFOLD's c down, its delta c up)
@@ -182,6 +184,10 @@ class Strategy:
         """Extra local loss term on the codes (MOON); None: the strategy has none."""
         return None
 
+    def round_notes(self) -> dict:
+        """What the last ``aggregate`` adds to the round's record (FedCC's auto-K estimate)."""
+        return {}
+
 
 @register("fedavg")
 class FedAvg(Strategy):
@@ -264,10 +270,21 @@ class FedCC(Strategy):
     and re-clustered on the server. ``method="kmeans"``: k-means++ with n_init 10, the K centres
     become the global centroids; ``method="maximin"``: greedy farthest-point choice of K pooled
     centroids starting at client 0's centroid 0. Euclidean on the raw centroids as in FUSS, or
-    ``metric="cosine"``."""
+    ``metric="cosine"``.
 
-    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0, **kwargs):
+    ``auto_k`` (``fed.k_auto``): the global ``centroids`` are ``[k_max, D]`` slots of which the
+    first ``centroids.active`` are in use (a model array: the sites' probes and the scored global
+    model read it). Each round the sites' active centroids are pooled and ``estimate_k`` picks K̂
+    in ``[k_min, k_max]`` by silhouette; the K̂ centres fill the first slots (the clustering is
+    redone from the pooled points each round, so K̂ may merge or split the previous set), the
+    other slots keep their values, and ``centroids.active`` becomes K̂."""
+
+    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0,
+                 auto_k: bool = False, k_min: int = 2, **kwargs):
         super().__init__(**kwargs)
+        if auto_k and any(self.is_local(n) for n in (CENTROIDS, ACTIVE)):
+            raise ValueError("fedcc: auto-K (fed.k_auto) needs the centroids shared, not in fed.local_params")
+        self.auto_k, self.k_min, self.notes = auto_k, k_min, {}
         if method not in ("kmeans", "maximin"):
             raise ValueError(f"fedcc: method must be 'kmeans' or 'maximin', got {method!r}")
         if metric not in CC_METRICS:
@@ -277,7 +294,27 @@ class FedCC(Strategy):
 
     @classmethod
     def options(cls, fed, seed):
-        return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed}
+        return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed, "auto_k": fed.k_auto,
+                "k_min": fed.k_min}
+
+    def aggregate(self, round, updates, current):
+        if not self.auto_k:
+            return super().aggregate(round, updates, current)
+        if ACTIVE not in current:
+            raise ValueError(f"{self.name}: auto-K (fed.k_auto) needs a model that counts its active centroids")
+        out = super().aggregate(round, updates, {k: v for k, v in current.items() if k not in (CENTROIDS, ACTIVE)})
+        active, slots = int(current[ACTIVE][0]), current[CENTROIDS]
+        pooled = torch.cat([u.arrays[CENTROIDS][:active].to(accumulation_dtype(slots.dtype)) for u in updates])
+        found = estimate_k(pooled, self.k_min, slots.shape[0], method=self.method, metric=self.metric,
+                           seed=self.seed)
+        centroids = slots.clone()
+        centroids[:found.k] = found.centroids.to(slots.dtype)
+        self.notes = {"k_estimate": found.k, "k_criterion": {str(k): v for k, v in found.criterion.items()}}
+        out.update({CENTROIDS: centroids, ACTIVE: torch.tensor([found.k], dtype=current[ACTIVE].dtype)})
+        return {k: out[k] for k in current}
+
+    def round_notes(self):
+        return self.notes
 
     def combine_centroids(self, centroids, updates):
         K = centroids[0].shape[0]
