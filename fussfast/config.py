@@ -133,11 +133,13 @@ class FedConfig:
     dyn_alpha: float = key(0.01, "feddyn: alpha of the dynamic regularizer (the paper's usual value)", above=0)
     server_lr: float = key(1.0, "scaffold: the server's learning rate eta_g on the mean model change", above=0)
     cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
-    k_auto: bool = key(False, "fedcc, unsupervised: estimate the cluster count each round (silhouette over k-means "
-                              "of the pooled centroids); sites train fed.k_max centroids")
+    k_auto: bool = key(False, "fedcc, unsupervised: estimate the cluster count each round (merge near-duplicate "
+                              "slot centroids by silhouette); sites train fed.k_max centroids")
     k_min: int = key(2, "auto-K: fewest clusters the server may choose", at_least=2, at_most=MAX_CLASSES)
     k_max: int = key(0, "auto-K: most clusters, the sites' centroid slots (0: twice data.num_classes)",
                      at_least=0, at_most=MAX_CLASSES)
+    k_merge_silhouette: float = key(0.5, "auto-K: mean silhouette a merge of the slot centroids must reach "
+                                         "(below it every active slot is kept)", at_least=-1, at_most=1)
     local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head", head '
                                             'modules ("head.lin") or "lora"')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)

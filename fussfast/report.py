@@ -129,7 +129,7 @@ def _k_table(runs: dict) -> str:
         cells = "".join(f"<td>{rd.get('k_estimate', '-')}</td>" for rd in m["rounds"])
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{m['config']['data']['num_classes']}</td>{cells}</tr>")
     return ("<table>" + "".join(rows) + "</table><p class='note'>K̂: the clusters the server kept after each "
-            "round (silhouette over the pooled centroids' clusterings, fed.k_min to fed.k_max); the true K is "
+            "round (near-duplicate slot centroids merged by silhouette, fed.k_min to fed.k_max); the true K is "
             "data.num_classes.</p>")
 
 

@@ -88,12 +88,57 @@ def test_fedcc_auto_k_aggregates_into_the_active_slots():
                                 ACTIVE: torch.tensor([3])}, 1) for i in range(2)]
     strategy = FedCC(method="kmeans", auto_k=True, k_min=2, weighted=False)
     out = strategy.aggregate(1, updates, current)
+    # 3 distinct slots: no merge reaches the threshold, all 3 are kept (K = 3 scored the threshold)
     assert list(out) == list(current) and int(out[ACTIVE][0]) == 3 == strategy.round_notes()["k_estimate"]
-    assert sorted(strategy.round_notes()["k_criterion"]) == ["2", "3", "4", "5"]  # K <= 6 pooled - 1
+    criterion = strategy.round_notes()["k_criterion"]
+    assert sorted(criterion) == ["2", "3"] and criterion["2"] < 0.5 == criterion["3"]
     torch.testing.assert_close(out["centroids"][3:], slots[3:])  # the inactive slots stay
     torch.testing.assert_close(out["head.w"], torch.full((2,), 0.5))
     with pytest.raises(ValueError, match="local_params"):
         FedCC(auto_k=True, local_params=("centroids",))
+
+
+def slot_aligned(sites: int, concepts: int, copies: int, dim: int, seed: int) -> list[torch.Tensor]:
+    """What sites send after round 1: ``concepts * copies`` slots, slot j of every site near the
+    same global slot j (site noise 0.001: they barely move it); the ``copies`` slots of one
+    concept near-duplicates (spread 0.15 around a concept 3 from the origin), order interleaved."""
+    g = torch.Generator().manual_seed(seed)
+    concept = torch.nn.functional.normalize(torch.randn(concepts, dim, generator=g), dim=1) * 3
+    slot = concept.repeat(copies, 1) + 0.15 * torch.randn(concepts * copies, dim, generator=g)
+    return [slot + 0.001 * torch.randn(slot.shape, generator=g) for _ in range(sites)]
+
+
+@pytest.mark.parametrize("method", ["kmeans", "maximin"])
+@pytest.mark.parametrize("concepts,copies", [(4, 2), (3, 3), (8, 1)])
+def test_fedcc_auto_k_merges_near_duplicate_slots(method, concepts, copies):
+    k_max, dim = concepts * copies, 16
+    sent = slot_aligned(4, concepts, copies, dim, seed=concepts)
+    current = {"centroids": torch.zeros(k_max, dim), ACTIVE: torch.tensor([k_max])}
+    updates = [Update(f"s{i}", {"centroids": c, ACTIVE: torch.tensor([k_max])}, 1) for i, c in enumerate(sent)]
+    strategy = FedCC(method=method, auto_k=True, k_min=2, weighted=False, seed=1)
+    out = strategy.aggregate(2, updates, current)
+    assert int(out[ACTIVE][0]) == concepts == strategy.round_notes()["k_estimate"]
+    pooled = torch.cat(sent)
+    if copies > 1:
+        # the pooled-points estimator (the old rule) sees k_max tight groups of slot copies
+        assert estimate_k(pooled, 2, k_max, method=method, seed=1).k == k_max
+        # each merged centre is near one concept's slots: the concepts are found, not just counted
+        concept_of = torch.arange(k_max) % concepts
+        nearest = torch.cdist(sent[0], out["centroids"][:concepts]).argmin(1)
+        assert all(len(set(nearest[concept_of == c].tolist())) == 1 for c in range(concepts))
+        assert len(set(nearest.tolist())) == concepts
+    else:  # nothing to merge: exactly plain FedCC's aggregation with k_max clusters
+        torch.testing.assert_close(out["centroids"], strategy.combine_centroids(sent, updates).float())
+
+
+def test_keep_threshold():
+    points = groups(3, 1, 6, seed=4)  # 3 distinct points: merging two of them is poor
+    kept = estimate_k(points, 2, 3, keep_below=0.5)
+    assert kept.k == 3 and kept.criterion[3] == 0.5 and kept.criterion[2] < 0.5
+    torch.testing.assert_close(kept.centroids, points)
+    assert estimate_k(points, 2, 3, keep_below=-1.0).k == 2  # any merge beats a threshold of -1
+    assert estimate_k(points, 2, 3).criterion.keys() == {2}  # no threshold: K <= M - 1 as before
+    assert estimate_k(points[:2], 2, 2, keep_below=0.5).k == 2  # M = k_min: nothing to choose
 
 
 def test_probe_uses_only_its_active_centroids():

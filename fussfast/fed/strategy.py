@@ -274,17 +274,21 @@ class FedCC(Strategy):
 
     ``auto_k`` (``fed.k_auto``): the global ``centroids`` are ``[k_max, D]`` slots of which the
     first ``centroids.active`` are in use (a model array: the sites' probes and the scored global
-    model read it). Each round the sites' active centroids are pooled and ``estimate_k`` picks K̂
-    in ``[k_min, k_max]`` by silhouette; the K̂ centres fill the first slots (the clustering is
-    redone from the pooled points each round, so K̂ may merge or split the previous set), the
-    other slots keep their values, and ``centroids.active`` becomes K̂."""
+    model read it). Each round the sites' A active centroids are pooled and first aggregated as
+    plain FedCC does with A clusters (one slot-level centroid per slot: the sites' copies of a
+    slot are one tight group, since all start from the same global slots); then ``estimate_k``
+    clusters those A slot centroids for each K in ``[k_min, A − 1]`` and merges near-duplicate
+    slots into K̂ when the best mean silhouette reaches ``merge_silhouette``, else keeps all A
+    (K̂ = A, exactly plain FedCC's result). The K̂ centres fill the first slots, the other slots
+    keep their values, and ``centroids.active`` becomes K̂. Merge only: a merged slot stops
+    training, so K̂ never rises again (it starts at k_max)."""
 
     def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0,
-                 auto_k: bool = False, k_min: int = 2, **kwargs):
+                 auto_k: bool = False, k_min: int = 2, merge_silhouette: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         if auto_k and any(self.is_local(n) for n in (CENTROIDS, ACTIVE)):
             raise ValueError("fedcc: auto-K (fed.k_auto) needs the centroids shared, not in fed.local_params")
-        self.auto_k, self.k_min, self.notes = auto_k, k_min, {}
+        self.auto_k, self.k_min, self.merge_silhouette, self.notes = auto_k, k_min, merge_silhouette, {}
         if method not in ("kmeans", "maximin"):
             raise ValueError(f"fedcc: method must be 'kmeans' or 'maximin', got {method!r}")
         if metric not in CC_METRICS:
@@ -295,7 +299,7 @@ class FedCC(Strategy):
     @classmethod
     def options(cls, fed, seed):
         return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed, "auto_k": fed.k_auto,
-                "k_min": fed.k_min}
+                "k_min": fed.k_min, "merge_silhouette": fed.k_merge_silhouette}
 
     def aggregate(self, round, updates, current):
         if not self.auto_k:
@@ -304,12 +308,15 @@ class FedCC(Strategy):
             raise ValueError(f"{self.name}: auto-K (fed.k_auto) needs a model that counts its active centroids")
         out = super().aggregate(round, updates, {k: v for k, v in current.items() if k not in (CENTROIDS, ACTIVE)})
         active, slots = int(current[ACTIVE][0]), current[CENTROIDS]
-        pooled = torch.cat([u.arrays[CENTROIDS][:active].to(accumulation_dtype(slots.dtype)) for u in updates])
-        found = estimate_k(pooled, self.k_min, slots.shape[0], method=self.method, metric=self.metric,
-                           seed=self.seed)
+        # the slot-level centroids: FedCC's aggregation of the pooled n·A points into A clusters
+        merged = self.combine_centroids([u.arrays[CENTROIDS][:active] for u in updates], updates)
+        found = estimate_k(merged.to(accumulation_dtype(slots.dtype)), min(self.k_min, active), active,
+                           method=self.method, metric=self.metric, seed=self.seed,
+                           keep_below=self.merge_silhouette)
         centroids = slots.clone()
         centroids[:found.k] = found.centroids.to(slots.dtype)
-        self.notes = {"k_estimate": found.k, "k_criterion": {str(k): v for k, v in found.criterion.items()}}
+        self.notes = {"k_estimate": found.k, "k_criterion": {str(k): v for k, v in found.criterion.items()},
+                      "k_merge_silhouette": self.merge_silhouette}
         out.update({CENTROIDS: centroids, ACTIVE: torch.tensor([found.k], dtype=current[ACTIVE].dtype)})
         return {k: out[k] for k in current}
 
