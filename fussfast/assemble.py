@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fussfast.config import Config, ConfigError, DataConfig
+from fussfast.config import Config, ConfigError, DataConfig, auto_k_max
 from fussfast.data import synthetic_federation
 from fussfast.data.datasets import (Subset, cityscapes27, cityscapes_sites, class_erased_split, cocostuff27,
                                     dirichlet_split, erased_site_classes, folder_federation)
@@ -143,7 +143,8 @@ class Setup:
                                    head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device,
                                    **self._moe_options())
         correspondence = CorrespondenceConfig.preset(loss.preset, feature_samples=loss.feature_samples)
-        return SiteModel(self.feature_dim, c.model.code_dim, c.data.num_classes, loss=correspondence,
+        clusters = auto_k_max(c) if c.fed.k_auto else c.data.num_classes  # auto-K: the over-complete slots
+        return SiteModel(self.feature_dim, c.model.code_dim, clusters, loss=correspondence, auto_k=c.fed.k_auto,
                          num_neighbors=loss.num_neighbors, head_lr=t.head_lr, probe_lr=t.probe_lr,
                          backend=t.backend, head_dtype=self.head_dtype, encoder=self.encoder(), device=self.device,
                          **self._moe_options())

@@ -133,6 +133,13 @@ class FedConfig:
     dyn_alpha: float = key(0.01, "feddyn: alpha of the dynamic regularizer (the paper's usual value)", above=0)
     server_lr: float = key(1.0, "scaffold: the server's learning rate eta_g on the mean model change", above=0)
     cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
+    k_auto: bool = key(False, "fedcc, unsupervised: estimate the cluster count each round (merge near-duplicate "
+                              "slot centroids by silhouette); sites train fed.k_max centroids")
+    k_min: int = key(2, "auto-K: fewest clusters the server may choose", at_least=2, at_most=MAX_CLASSES)
+    k_max: int = key(0, "auto-K: most clusters, the sites' centroid slots (0: twice data.num_classes)",
+                     at_least=0, at_most=MAX_CLASSES)
+    k_merge_silhouette: float = key(0.5, "auto-K: mean silhouette a merge of the slot centroids must reach "
+                                         "(below it every active slot is kept)", at_least=-1, at_most=1)
     local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head", head '
                                             'modules ("head.lin") or "lora"')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
@@ -345,6 +352,7 @@ def _check_together(c: Config) -> None:
         raise ConfigError(f"config key 'fed.strategy': {c.fed.strategy} re-clusters centroids, which the "
                           "supervised head does not have; choose fedavg, fedprox, moon, feddyn, scaffold, local or "
                           "centralized")
+    _check_auto_k(c)
     if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
         raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
     unknown = sorted(set(c.model.lora_targets) - set(LORA_TARGETS))
@@ -365,6 +373,25 @@ def _check_together(c: Config) -> None:
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
     if c.eval.crf and importlib.util.find_spec("pydensecrf") is None:  # fail before any work, not at round 1
         raise ConfigError('config key \'eval.crf\' needs pydensecrf2: pip install "fussfast[crf]"')
+
+
+def _check_auto_k(c: Config) -> None:
+    """Auto-K re-clusters the pooled centroids on the server: FedCC's unsupervised path only."""
+    fed = c.fed
+    if not fed.k_auto:
+        return
+    if c.supervised or not fed.strategy.startswith("fedcc"):
+        raise ConfigError(f"config key 'fed.k_auto' needs task = 'unsupervised' and fed.strategy fedcc-kmeans or "
+                          f"fedcc-maximin, got {c.task} {fed.strategy}")
+    if any(p == "centroids" for p in fed.local_params):
+        raise ConfigError("config key 'fed.k_auto' needs the centroids shared: remove \"centroids\" from fed.local_params")
+    if auto_k_max(c) < fed.k_min:
+        raise ConfigError(f"config key 'fed.k_max' must be >= fed.k_min={fed.k_min}, got {auto_k_max(c)}")
+
+
+def auto_k_max(c: Config) -> int:
+    """The sites' centroid slots with auto-K (``fed.k_max``, 0: twice ``data.num_classes``)."""
+    return c.fed.k_max or 2 * c.data.num_classes
 
 
 def _plain(value: Any) -> Any:

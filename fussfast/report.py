@@ -25,6 +25,8 @@ def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fu
     first = next(iter(loaded.values()))["metrics"]
     parts = [f"<h1>{html.escape(title)}</h1>", _setup(first), "<h2>Final results</h2>", _final_table(loaded),
              "<h2>mIoU and Dice per round</h2>", _round_charts(loaded)]
+    if any("k_estimate" in rd for r in loaded.values() for rd in r["metrics"]["rounds"]):
+        parts += ["<h2>Automatic class count</h2>", _k_table(loaded)]
     if any(r["samples"] is not None and "centroid_distance" in r["samples"] for r in loaded.values()):
         parts += ["<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded)]
     parts += ["<h2>Sample predictions</h2>", _samples(loaded), "<h2>Communication per round</h2>",
@@ -116,11 +118,28 @@ def _final_table(runs: dict) -> str:
             f"{crf_note}</p>")
 
 
+def _k_table(runs: dict) -> str:
+    """Auto-K (``fed.k_auto``): each run's estimated cluster count per round against the true one."""
+    rounds = max(len(r["metrics"]["rounds"]) for r in runs.values())
+    rows = ["<tr><th>run</th><th>true K</th>" + "".join(f"<th>round {i + 1}</th>" for i in range(rounds)) + "</tr>"]
+    for label, r in runs.items():
+        m = r["metrics"]
+        if not any("k_estimate" in rd for rd in m["rounds"]):
+            continue
+        cells = "".join(f"<td>{rd.get('k_estimate', '-')}</td>" for rd in m["rounds"])
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{m['config']['data']['num_classes']}</td>{cells}</tr>")
+    return ("<table>" + "".join(rows) + "</table><p class='note'>K̂: the clusters the server kept after each "
+            "round (near-duplicate slot centroids merged by silhouette, fed.k_min to fed.k_max); the true K is "
+            "data.num_classes.</p>")
+
+
 def _variant(config: dict) -> str:
     """What sets a run apart: its strategy and, when on, LoRA, the local MoE, the two-phase round,
     distillation and the local groups (keys absent from older runs count as off)."""
     f, m = config["fed"], config["model"]
     parts = [f["strategy"]]
+    if f.get("k_auto"):
+        parts.append(f"auto-K in [{f['k_min']}, {f['k_max'] or 2 * config['data']['num_classes']}]")
     if m.get("lora_rank", 0):
         parts.append(f"LoRA r{m['lora_rank']} on {m['lora_blocks']} blocks")
     if m.get("moe_experts", 0):

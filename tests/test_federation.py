@@ -153,11 +153,12 @@ LORA = ["model.lora_rank=2", "model.lora_blocks=1", "fed.local_params=[\"head.ml
 
 
 @pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon", "moe-moon",
-                                      "supervised-moe-fedavg", "feddyn", "supervised-scaffold", "lora-moe-fedavg"])
+                                      "supervised-moe-fedavg", "feddyn", "supervised-scaffold", "lora-moe-fedavg",
+                                      "autok-fedcc-kmeans"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
-    name = strategy.removeprefix("supervised-").removeprefix("lora-").removeprefix("moe-")
+    name = strategy.removeprefix("supervised-").removeprefix("lora-").removeprefix("moe-").removeprefix("autok-")
     extra = [f"fed.strategy=\"{name}\"", "fed.rounds=3", *(MOE if "moe-" in strategy else []),
-             *(LORA if "lora-" in strategy else [])]
+             *(LORA if "lora-" in strategy else []), *(["fed.k_auto=true"] if "autok-" in strategy else [])]
     if strategy != "local":
         extra.append("fed.clients_per_round=2")
     if strategy.startswith("supervised"):  # BackCE + contrast: the region memory is rebuilt each round
@@ -182,6 +183,8 @@ def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["completed_rounds"] == 2
     resumed = run(config, tmp_path / "cut", resume=True)
     assert comparable(resumed) == comparable(whole)
+    if "autok-" in strategy:  # the estimate is recorded every round, the same after the resume
+        assert all("k_estimate" in r for r in resumed["rounds"])
     if "moe-" in strategy:  # the personalized models are what is scored and saved
         assert resumed["rounds"][-1]["clients"] != whole["rounds"][0]["clients"]
         assert "site0/moe.router.weight" in load_file(str(tmp_path / "cut" / "model.safetensors"))

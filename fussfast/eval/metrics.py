@@ -40,7 +40,9 @@ class Scores:
 
 def hungarian_scores(confusion: torch.Tensor) -> Scores:
     """Matches clusters to classes one to one, maximizing the matched pixels
-    (``scipy.optimize.linear_sum_assignment(maximize=True)``), then scores the matched matrix."""
+    (``scipy.optimize.linear_sum_assignment(maximize=True)``), then scores the matched matrix.
+    ``confusion`` may have more clusters than classes (rows) or fewer: a cluster left unmatched
+    predicts no class, so its pixels count as false negatives of their true classes."""
     from scipy.optimize import linear_sum_assignment
 
     hist = confusion.detach().cpu().numpy().astype(np.float64)
@@ -79,7 +81,7 @@ def _scores(hist: np.ndarray, assignment: list[int]) -> Scores:
             matched[k] = hist[c]
     tp = np.diag(matched)
     fp = matched.sum(1) - tp
-    fn = matched.sum(0) - tp
+    fn = hist.sum(0) - tp  # an unmatched cluster's pixels are missed by their true class too
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (tp + fp + fn)
         dice = 2 * tp / (2 * tp + fp + fn)  # NaN exactly where iou is: a class absent from both

@@ -108,13 +108,14 @@ class Federation:
         screened = self.server.round(r, replies, sites=list(self.clients))
         scores = self.evaluate() if scored_round(r, self.rounds, self.eval_every) else {}
         record = {"round": r, **scores, **screened, "seconds": time.perf_counter() - t}
+        k = f" K̂ {screened['k_estimate']}" if "k_estimate" in screened else ""  # auto-K's estimate
         if scores:
             g = scores["global"]
             crf = f" (CRF: mIoU {g['crf']['miou']:.1f} Dice {g['crf']['dice']:.1f})" if "crf" in g else ""
             print(f"round {r}/{self.rounds}: global mIoU {g['miou']:.1f} Dice {g['dice']:.1f} "
-                  f"acc {g['acc']:.1f}{crf}", file=sys.stderr)
+                  f"acc {g['acc']:.1f}{crf}{k}", file=sys.stderr)
         else:
-            print(f"round {r}/{self.rounds}: trained (scored every {self.eval_every} rounds)", file=sys.stderr)
+            print(f"round {r}/{self.rounds}: trained{k} (scored every {self.eval_every} rounds)", file=sys.stderr)
         return record
 
     def models(self) -> dict[str, LocalModel]:

@@ -64,4 +64,5 @@ class Server:
         self.current = self.strategy.aggregate(r, updates, self.current)
         if before is not None:
             record["centroid_shift"] = float((self.current[CENTROIDS].double() - before.double()).norm())
+        record.update(self.strategy.round_notes())
         return record

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fussfast.fed.autok import estimate_k
 from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
 from fussfast.ops._boundary import METRICS, accumulation_dtype
+from fussfast.tasks import ACTIVE
 
 CENTROIDS = "centroids"
 CONTROL = "control."  # strategy arrays that travel with the model (SCAFFOLD's c down, its delta c up)
@@ -182,6 +184,10 @@ class Strategy:
         """Extra local loss term on the codes (MOON); None: the strategy has none."""
         return None
 
+    def round_notes(self) -> dict:
+        """What the last ``aggregate`` adds to the round's record (FedCC's auto-K estimate)."""
+        return {}
+
 
 @register("fedavg")
 class FedAvg(Strategy):
@@ -264,10 +270,25 @@ class FedCC(Strategy):
     and re-clustered on the server. ``method="kmeans"``: k-means++ with n_init 10, the K centres
     become the global centroids; ``method="maximin"``: greedy farthest-point choice of K pooled
     centroids starting at client 0's centroid 0. Euclidean on the raw centroids as in FUSS, or
-    ``metric="cosine"``."""
+    ``metric="cosine"``.
 
-    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0, **kwargs):
+    ``auto_k`` (``fed.k_auto``): the global ``centroids`` are ``[k_max, D]`` slots of which the
+    first ``centroids.active`` are in use (a model array: the sites' probes and the scored global
+    model read it). Each round the sites' A active centroids are pooled and first aggregated as
+    plain FedCC does with A clusters (one slot-level centroid per slot: the sites' copies of a
+    slot are one tight group, since all start from the same global slots); then ``estimate_k``
+    clusters those A slot centroids for each K in ``[k_min, A − 1]`` and merges near-duplicate
+    slots into K̂ when the best mean silhouette reaches ``merge_silhouette``, else keeps all A
+    (K̂ = A, exactly plain FedCC's result). The K̂ centres fill the first slots, the other slots
+    keep their values, and ``centroids.active`` becomes K̂. Merge only: a merged slot stops
+    training, so K̂ never rises again (it starts at k_max)."""
+
+    def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0,
+                 auto_k: bool = False, k_min: int = 2, merge_silhouette: float = 0.5, **kwargs):
         super().__init__(**kwargs)
+        if auto_k and any(self.is_local(n) for n in (CENTROIDS, ACTIVE)):
+            raise ValueError("fedcc: auto-K (fed.k_auto) needs the centroids shared, not in fed.local_params")
+        self.auto_k, self.k_min, self.merge_silhouette, self.notes = auto_k, k_min, merge_silhouette, {}
         if method not in ("kmeans", "maximin"):
             raise ValueError(f"fedcc: method must be 'kmeans' or 'maximin', got {method!r}")
         if metric not in CC_METRICS:
@@ -277,7 +298,30 @@ class FedCC(Strategy):
 
     @classmethod
     def options(cls, fed, seed):
-        return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed}
+        return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed, "auto_k": fed.k_auto,
+                "k_min": fed.k_min, "merge_silhouette": fed.k_merge_silhouette}
+
+    def aggregate(self, round, updates, current):
+        if not self.auto_k:
+            return super().aggregate(round, updates, current)
+        if ACTIVE not in current:
+            raise ValueError(f"{self.name}: auto-K (fed.k_auto) needs a model that counts its active centroids")
+        out = super().aggregate(round, updates, {k: v for k, v in current.items() if k not in (CENTROIDS, ACTIVE)})
+        active, slots = int(current[ACTIVE][0]), current[CENTROIDS]
+        # the slot-level centroids: FedCC's aggregation of the pooled n·A points into A clusters
+        merged = self.combine_centroids([u.arrays[CENTROIDS][:active] for u in updates], updates)
+        found = estimate_k(merged.to(accumulation_dtype(slots.dtype)), min(self.k_min, active), active,
+                           method=self.method, metric=self.metric, seed=self.seed,
+                           keep_below=self.merge_silhouette)
+        centroids = slots.clone()
+        centroids[:found.k] = found.centroids.to(slots.dtype)
+        self.notes = {"k_estimate": found.k, "k_criterion": {str(k): v for k, v in found.criterion.items()},
+                      "k_merge_silhouette": self.merge_silhouette}
+        out.update({CENTROIDS: centroids, ACTIVE: torch.tensor([found.k], dtype=current[ACTIVE].dtype)})
+        return {k: out[k] for k in current}
+
+    def round_notes(self):
+        return self.notes
 
     def combine_centroids(self, centroids, updates):
         K = centroids[0].shape[0]

@@ -3,8 +3,8 @@
 
 from fussfast.tasks.base import LocalModel
 from fussfast.tasks.supervised import OBJECTIVES, SupervisedModel
-from fussfast.tasks.unsupervised import SiteModel
+from fussfast.tasks.unsupervised import ACTIVE, SiteModel
 
 TASKS = ("unsupervised", "supervised")
 
-__all__ = ["LocalModel", "OBJECTIVES", "SiteModel", "SupervisedModel", "TASKS"]
+__all__ = ["ACTIVE", "LocalModel", "OBJECTIVES", "SiteModel", "SupervisedModel", "TASKS"]

@@ -174,14 +174,20 @@ class LocalModel:
         ``alpha`` scales the unsupervised model's cluster cosines."""
         raise NotImplementedError
 
+    def prediction_count(self, num_classes: int) -> int:
+        """How many values a prediction may take: the classes (the unsupervised model: its centroid slots)."""
+        return num_classes
+
     @torch.no_grad()
     def confusion(self, data: FeatureSet, num_classes: int, batch_size: int = 64,
                   crf: DenseCRF | None = None) -> torch.Tensor:
-        """Confusion matrix ``[predicted, true]`` of the predictions against the ground truth; with
-        ``crf``, of the predictions refined by it on ``data.images``."""
+        """Confusion matrix ``[predicted, true]`` (``[prediction_count, num_classes]``) of the
+        predictions against the ground truth; with ``crf``, of the predictions refined by it on
+        ``data.images``."""
         if crf is not None and data.images is None:
             raise ValueError("config key 'eval.crf': this evaluation set has no images to refine on")
-        total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        rows = self.prediction_count(num_classes)
+        total = torch.zeros(rows, num_classes, dtype=torch.int64)
         batch_size = batch_size if crf is None else min(batch_size, 8)  # full-resolution probabilities
         for b in range(0, data.features.shape[0], batch_size):
             masks = data.masks[b:b + batch_size]
@@ -191,7 +197,7 @@ class LocalModel:
             else:
                 log_probs = self.log_probs(data.features[b:b + batch_size], flipped, masks.shape[-2:], crf.alpha)
                 labels = crf.labels(pixels(data.images, range(b, b + len(masks))), log_probs)
-            total += confusion_matrix(labels, masks.to(self.device), num_classes, num_classes).cpu()
+            total += confusion_matrix(labels, masks.to(self.device), rows, num_classes).cpu()
         return total
 
     def scores(self, data: FeatureSet, num_classes: int, crf: DenseCRF | None = None) -> dict:

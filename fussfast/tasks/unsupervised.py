@@ -12,19 +12,27 @@ from fussfast.model import ClusterProbe, SegmentationHead, draw_positives
 from fussfast.ops.bilinear_sample import channels_last, tap_pixels
 from fussfast.tasks.base import MOE, LocalModel, after_step, load_head
 
+ACTIVE = "centroids.active"  # auto-K: how many leading centroid slots are in use
+
 
 class SiteModel(LocalModel):
     """A head and a cluster probe with their optimizers (Adam: head 5e-4, probe 5e-3 by default);
     with ``moe_experts`` > 0 a ``MixtureAdapter`` in front of the head (``head_input``; Adam at
     ``head_lr``), its load-balancing term weighted by ``moe_balance``. The correspondence loss's
-    feature side reads the raw backbone features, only the head reads the adapted ones."""
+    feature side reads the raw backbone features, only the head reads the adapted ones.
+
+    ``auto_k``: the probe's ``num_classes`` centroids are slots of which the first
+    ``probe.active`` are used (auto-K); the count is then the array ``centroids.active``
+    (int64 ``[1]``), which the server sets and the sites send back unchanged."""
 
     def __init__(self, feat_dim: int, code_dim: int, num_classes: int, *, loss: CorrespondenceConfig,
                  num_neighbors: int = 2, head_lr: float = 5e-4, probe_lr: float = 5e-3,
                  backend: str = "fused", head_dtype: torch.dtype | None = None, moe_experts: int = 0,
                  moe_hidden: int = 32, moe_router: str = "pixel", moe_balance: float = 0.01,
-                 encoder: torch.nn.Module | None = None, device: torch.device | str = "cpu"):
+                 encoder: torch.nn.Module | None = None, auto_k: bool = False,
+                 device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.auto_k = auto_k
         self.encoder = encoder
         self.head = SegmentationHead(feat_dim, code_dim).to(self.device)
         self.head.compute_dtype = head_dtype  # None: fp32 products; bfloat16: see HeadPrecision
@@ -40,16 +48,25 @@ class SiteModel(LocalModel):
         """The head's parameters, the centroids and the MoE's (``moe.*``, which never travels)."""
         out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         out["centroids"] = self.probe.clusters.detach().cpu().clone()
+        if self.auto_k:
+            out[ACTIVE] = torch.tensor([self.probe.active], dtype=torch.int64)
         return {**out, **self.encoder_arrays(), **self._moe_arrays()}
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
         """Sets the given arrays (all or some of ``arrays()``'s names); the rest stay as they are."""
         with torch.no_grad():
-            load_head(self.head, arrays, ("centroids", *self.load_encoder(arrays),
+            load_head(self.head, arrays, ("centroids", ACTIVE, *self.load_encoder(arrays),
                                           *(k for k in arrays if k.startswith(MOE + "."))))
             if "centroids" in arrays:
                 self.probe.clusters.copy_(arrays["centroids"])
+            if ACTIVE in arrays:
+                if not self.auto_k:
+                    raise KeyError(f"load_arrays: {ACTIVE} but this model does not count its active centroids")
+                self.probe.active = int(arrays[ACTIVE][0])
             self._load_moe(arrays)
+
+    def prediction_count(self, num_classes: int) -> int:
+        return self.probe.n_classes  # every slot: the confusion matrix keeps its shape as K changes
 
     def trained_parameters(self):
         return {**super().trained_parameters(), "centroids": self.probe.clusters}
