@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fussfast.data import CITY_SPLITS, CROPS, DATA_KINDS
+from fussfast.fed.privacy import DP_ACCOUNTANTS
 from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
 from fussfast.losses import DISTILL_KINDS, PRESETS
 from fussfast.model import KNN_WIDTH
@@ -133,6 +134,12 @@ class FedConfig:
     dyn_alpha: float = key(0.01, "feddyn: alpha of the dynamic regularizer (the paper's usual value)", above=0)
     server_lr: float = key(1.0, "scaffold: the server's learning rate eta_g on the mean model change", above=0)
     cc_metric: str = key("euclidean", "fedcc: euclidean (FUSS) or cosine", choices=CC_METRICS)
+    dp_epsilon: float = key(0.0, "fedcc: (epsilon, delta)-DP of each site's centroid uploads over all fed.rounds "
+                                 "(0: off; needs fussfast[dp])", at_least=0)
+    dp_delta: float = key(1e-5, "fedcc DP: delta, in (0, 1)", above=0)
+    dp_clip: float = key(1.0, "fedcc DP: L2 bound each uploaded centroid is clipped to", above=0)
+    dp_accountant: str = key("pld", "fedcc DP: dp-accounting's accountant that calibrates the noise",
+                             choices=DP_ACCOUNTANTS)
     local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head", head '
                                             'modules ("head.lin") or "lora"')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
@@ -345,6 +352,7 @@ def _check_together(c: Config) -> None:
         raise ConfigError(f"config key 'fed.strategy': {c.fed.strategy} re-clusters centroids, which the "
                           "supervised head does not have; choose fedavg, fedprox, moon, feddyn, scaffold, local or "
                           "centralized")
+    _check_privacy(c.fed)
     if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
         raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
     unknown = sorted(set(c.model.lora_targets) - set(LORA_TARGETS))
@@ -365,6 +373,22 @@ def _check_together(c: Config) -> None:
         raise ConfigError(f"config key 'model.weights': no file at {c.model.weights}")
     if c.eval.crf and importlib.util.find_spec("pydensecrf") is None:  # fail before any work, not at round 1
         raise ConfigError('config key \'eval.crf\' needs pydensecrf2: pip install "fussfast[crf]"')
+
+
+def _check_privacy(fed: FedConfig) -> None:
+    """The DP keys of FedCC's centroid uploads (``fed/privacy.py``)."""
+    if fed.dp_delta >= 1:
+        raise ConfigError(f"config key 'fed.dp_delta' must be < 1, got {fed.dp_delta!r}")
+    if not fed.dp_epsilon:
+        return
+    if not fed.strategy.startswith("fedcc"):
+        raise ConfigError(f"config key 'fed.dp_epsilon' noises FedCC's centroid uploads: it needs fed.strategy "
+                          f"fedcc-kmeans or fedcc-maximin, not {fed.strategy!r}")
+    if "centroids" in fed.local_params:
+        raise ConfigError("config key 'fed.dp_epsilon' protects the centroid uploads, but fed.local_params keeps "
+                          "the centroids on the sites")
+    if importlib.util.find_spec("dp_accounting") is None:
+        raise ConfigError('config key \'fed.dp_epsilon\' needs dp-accounting: pip install "fussfast[dp]"')
 
 
 def _plain(value: Any) -> Any:
