@@ -166,10 +166,12 @@ def check_resumable(config: Config, path: str | Path) -> None:
     differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k, defaults[k])]
     if differ:
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")
-    fed, rounds = config.fed, saved.get("fed.rounds", defaults["fed.rounds"])
-    if fed.dp_epsilon and fed.strategy.startswith("fedcc"):  # the noise was calibrated for the saved rounds
+    fed = config.fed
+    if fed.dp_epsilon:  # the noise was calibrated for the checkpoint's rounds
+        privacy = CentroidPrivacy(fed.dp_epsilon, fed.dp_delta, fed.dp_clip,
+                                  saved.get("fed.rounds", defaults["fed.rounds"]), fed.dp_accountant)
         try:
-            CentroidPrivacy(fed.dp_epsilon, fed.dp_delta, fed.dp_clip, rounds, fed.dp_accountant).check_rounds(fed.rounds)
+            privacy.check_rounds(fed.rounds)
         except ValueError as e:
             raise ConfigError(f"--resume: config key {e}") from None
 

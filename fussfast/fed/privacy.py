@@ -46,14 +46,13 @@ def _accountant(kind: str):
     raise ValueError(f"fed.dp_accountant must be one of {DP_ACCOUNTANTS}, got {kind!r}")
 
 
-def spent_epsilon(noise_multipliers: list[float], delta: float, accountant: str) -> float:
-    """The epsilon at ``delta`` of Gaussian mechanisms of these noise multipliers (noise std over
-    L2 sensitivity), composed by ``dp-accounting``'s ``accountant``."""
+def spent_epsilon(multiplier: float, rounds: int, delta: float, accountant: str) -> float:
+    """The epsilon at ``delta`` of ``rounds`` Gaussian mechanisms of noise ``multiplier`` (noise std
+    over L2 sensitivity), composed by ``dp-accounting``'s ``accountant``."""
     from dp_accounting import GaussianDpEvent
 
     acc = _accountant(accountant)
-    for z in noise_multipliers:
-        acc.compose(GaussianDpEvent(z))
+    acc.compose(GaussianDpEvent(multiplier), rounds)
     return float(acc.get_epsilon(delta))
 
 
@@ -109,13 +108,13 @@ class CentroidPrivacy:
 
     def record(self, rounds_done: int, num_centroids: int) -> dict:
         """The round record's ``dp``: epsilon spent after ``rounds_done`` rounds, delta, sigma."""
-        return {"epsilon": spent_epsilon([self.multiplier] * rounds_done, self.delta, self.accountant),
+        return {"epsilon": spent_epsilon(self.multiplier, rounds_done, self.delta, self.accountant),
                 "delta": self.delta, "sigma": self.sigma(num_centroids), "noise_multiplier": self.multiplier}
 
     def check_rounds(self, rounds: int) -> None:
         """Refuses ``rounds`` other than the calibration's (more would pass the budget)."""
         if rounds != self.rounds:
-            spent = spent_epsilon([self.multiplier] * rounds, self.delta, self.accountant)
+            spent = spent_epsilon(self.multiplier, rounds, self.delta, self.accountant)
             raise ValueError(f"'fed.rounds' = {rounds}: the centroid noise was calibrated so that {self.rounds} rounds "
                              f"spend fed.dp_epsilon={self.epsilon}; {rounds} rounds at that noise would spend "
                              f"epsilon={spent:.3g}")
