@@ -142,3 +142,9 @@ def test_resume_cannot_go_past_the_budget(tmp_path):
     with pytest.raises(ConfigError, match=r"--resume: config key 'fed.rounds' = 3: .* 1 rounds spend "
                                           r"fed.dp_epsilon=2.0; 3 rounds at that noise would spend epsilon=[0-9.]+$"):
         run(more, tmp_path / "a", resume=True)
+
+
+def test_dp_accounting_is_imported_only_when_dp_is_on():
+    code = ("import sys, fussfast.run, fussfast.config as c; c.load_config(None, ['fed.strategy=\"fedcc-kmeans\"']); "
+            "assert 'dp_accounting' not in sys.modules, 'imported eagerly'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
