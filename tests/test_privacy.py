@@ -106,7 +106,8 @@ def test_epsilon_spent_grows_per_round_as_the_accountant_composes():
 
 
 def test_config_refuses_nonsense(tmp_path):
-    cases = {"'fed.dp_epsilon' noises FedCC.* needs fed.strategy fedcc": ["fed.strategy=\"fedavg\"", "fed.dp_epsilon=1.0"],
+    cases = {"'fed.dp_epsilon' noises FedCC.* needs fed.strategy fedcc": ["fed.strategy=\"fedavg\"",
+                                                                         "fed.dp_epsilon=1.0"],
              "'fed.dp_delta' must be < 1": ["fed.strategy=\"fedcc-kmeans\"", "fed.dp_epsilon=1.0", "fed.dp_delta=1.0"],
              "keeps the centroids on the sites": ["fed.strategy=\"fedcc-kmeans\"", "fed.dp_epsilon=1.0",
                                                   "fed.local_params=[\"centroids\"]"],
