@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fussfast.data import CITY_SPLITS, CROPS, DATA_KINDS
+from fussfast.fed.privacy import DP_ACCOUNTANTS
 from fussfast.fed.strategy import CC_METRICS, PROX_SCOPES, STRATEGIES
 from fussfast.losses import DISTILL_KINDS, PRESETS
 from fussfast.model import KNN_WIDTH
@@ -140,6 +141,12 @@ class FedConfig:
                      at_least=0, at_most=MAX_CLASSES)
     k_merge_silhouette: float = key(0.5, "auto-K: mean silhouette a merge of the slot centroids must reach "
                                          "(below it every active slot is kept)", at_least=-1, at_most=1)
+    dp_epsilon: float = key(0.0, "fedcc: (epsilon, delta)-DP of each site's centroid uploads over all fed.rounds "
+                                 "(0: off; needs fussfast[dp])", at_least=0)
+    dp_delta: float = key(1e-5, "fedcc DP: delta, in (0, 1)", above=0)
+    dp_clip: float = key(1.0, "fedcc DP: L2 bound each uploaded centroid is clipped to", above=0)
+    dp_accountant: str = key("pld", "fedcc DP: dp-accounting's accountant that calibrates the noise",
+                             choices=DP_ACCOUNTANTS)
     local_params: tuple[str, ...] = key((), 'parameter groups kept on the sites: "centroids", "head", head '
                                             'modules ("head.lin") or "lora"')
     distill_weight: float = key(0.0, "global->local distillation of the codes (0: off)", at_least=0)
@@ -353,6 +360,7 @@ def _check_together(c: Config) -> None:
                           "supervised head does not have; choose fedavg, fedprox, moon, feddyn, scaffold, local or "
                           "centralized")
     _check_auto_k(c)
+    _check_privacy(c.fed)
     if c.fed.strategy in ("centralized", "local") and c.fed.local_params:
         raise ConfigError(f"config key 'fed.local_params' applies to federated strategies, not {c.fed.strategy!r}")
     unknown = sorted(set(c.model.lora_targets) - set(LORA_TARGETS))
@@ -392,6 +400,22 @@ def _check_auto_k(c: Config) -> None:
 def auto_k_max(c: Config) -> int:
     """The sites' centroid slots with auto-K (``fed.k_max``, 0: twice ``data.num_classes``)."""
     return c.fed.k_max or 2 * c.data.num_classes
+
+
+def _check_privacy(fed: FedConfig) -> None:
+    """The DP keys of FedCC's centroid uploads (``fed/privacy.py``)."""
+    if fed.dp_delta >= 1:
+        raise ConfigError(f"config key 'fed.dp_delta' must be < 1, got {fed.dp_delta!r}")
+    if not fed.dp_epsilon:
+        return
+    if not fed.strategy.startswith("fedcc"):
+        raise ConfigError(f"config key 'fed.dp_epsilon' noises FedCC's centroid uploads: it needs fed.strategy "
+                          f"fedcc-kmeans or fedcc-maximin, not {fed.strategy!r}")
+    if "centroids" in fed.local_params:
+        raise ConfigError("config key 'fed.dp_epsilon' protects the centroid uploads, but fed.local_params keeps "
+                          "the centroids on the sites")
+    if importlib.util.find_spec("dp_accounting") is None:
+        raise ConfigError('config key \'fed.dp_epsilon\' needs dp-accounting: pip install "fussfast[dp]"')
 
 
 def _plain(value: Any) -> Any:

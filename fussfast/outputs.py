@@ -21,6 +21,7 @@ from fussfast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 from fussfast.eval import hungarian_scores, scores
 from fussfast.features import FeatureSet
 from fussfast.fed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fussfast.fed.privacy import CentroidPrivacy
 from fussfast.tasks import LocalModel, SiteModel
 
 # May differ on --resume: fed.rounds (train on), the cache's place, and where client states wait
@@ -165,6 +166,14 @@ def check_resumable(config: Config, path: str | Path) -> None:
     differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k, defaults[k])]
     if differ:
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}")
+    fed = config.fed
+    if fed.dp_epsilon:  # the noise was calibrated for the checkpoint's rounds
+        privacy = CentroidPrivacy(fed.dp_epsilon, fed.dp_delta, fed.dp_clip,
+                                  saved.get("fed.rounds", defaults["fed.rounds"]), fed.dp_accountant)
+        try:
+            privacy.check_rounds(fed.rounds)
+        except ValueError as e:
+            raise ConfigError(f"--resume: config key {e}") from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

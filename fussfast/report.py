@@ -29,6 +29,8 @@ def write_report(runs: dict[str, str | Path], path: str | Path, title: str = "fu
         parts += ["<h2>Automatic class count</h2>", _k_table(loaded)]
     if any(r["samples"] is not None and "centroid_distance" in r["samples"] for r in loaded.values()):
         parts += ["<h2>Prototype collapse: pairwise centroid distances</h2>", _heatmaps(loaded)]
+    if any("dp" in rd for r in loaded.values() for rd in r["metrics"]["rounds"]):
+        parts += ["<h2>Differential privacy: epsilon spent per round</h2>", _privacy(loaded)]
     parts += ["<h2>Sample predictions</h2>", _samples(loaded), "<h2>Communication per round</h2>",
               _communication(loaded)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -150,7 +152,26 @@ def _variant(config: dict) -> str:
         parts.append(f"distill {f['distill_weight']:g} ({f['distill']})")
     if f.get("local_params"):
         parts.append("local: " + ", ".join(f["local_params"]))
+    if f.get("dp_epsilon", 0):
+        parts.append(f"DP ε={f['dp_epsilon']:g} δ={f['dp_delta']:g} clip {f['dp_clip']:g} ({f['dp_accountant']})")
     return "; ".join(parts)
+
+
+def _privacy(runs: dict) -> str:
+    """Per DP run: the epsilon spent after each round (fed/privacy.py) and the noise's sigma."""
+    private = {label: r["metrics"]["rounds"] for label, r in runs.items()
+               if any("dp" in rd for rd in r["metrics"]["rounds"])}
+    n = max(len(rounds) for rounds in private.values())
+    rows = [f"<tr><th>run (σ per coordinate)</th>{''.join(f'<th>round {i + 1}</th>' for i in range(n))}</tr>"]
+    for label, rounds in private.items():
+        sigma = next(rd["dp"]["sigma"] for rd in rounds if "dp" in rd)
+        cells = "".join(f"<td>{rd['dp']['epsilon']:.3g}</td>" if "dp" in rd else "<td></td>" for rd in rounds)
+        rows.append(f"<tr><td>{html.escape(label)} (σ {sigma:.3g})</td>{cells}</tr>")
+    chart = line_chart({label: [rd["dp"]["epsilon"] if "dp" in rd else float("nan") for rd in rounds]
+                        for label, rounds in private.items()}, "epsilon spent", ymax=None)
+    return ("<table>" + "".join(rows) + f"</table>{chart}<p class='note'>Each site clips its centroids to "
+            "fed.dp_clip and adds Gaussian noise before the upload; epsilon (at the run's delta) protects any change "
+            "of one site's images, composed over the rounds by dp-accounting. The heads travel unnoised.</p>")
 
 
 def _round_charts(runs: dict) -> str:

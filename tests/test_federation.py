@@ -150,15 +150,20 @@ def test_checkpoint_skeleton_round_trip():
 MOE = ["model.moe_experts=3", "model.moe_hidden=8", "fed.personal_steps=2", "fed.distill_weight=1.0"]
 # LoRA: the adapted blocks run on the cached stem; the factors travel, the head's MLP stays local
 LORA = ["model.lora_rank=2", "model.lora_blocks=1", "fed.local_params=[\"head.mlp\"]"]
+# DP FedCC: the centroid noise comes from the run's generator, so a resumed run draws the same
+DP = ["fed.dp_epsilon=8.0", "fed.dp_accountant=\"rdp\""]
 
 
 @pytest.mark.parametrize("strategy", ["moon", "fedcc-maximin", "local", "supervised-moon", "moe-moon",
                                       "supervised-moe-fedavg", "feddyn", "supervised-scaffold", "lora-moe-fedavg",
-                                      "autok-fedcc-kmeans"])
+                                      "autok-fedcc-kmeans", "dp-fedcc-kmeans"])
 def test_resume_reaches_the_same_metrics(tmp_path, monkeypatch, strategy):
-    name = strategy.removeprefix("supervised-").removeprefix("lora-").removeprefix("moe-").removeprefix("autok-")
+    name = strategy
+    for prefix in ("supervised-", "lora-", "moe-", "autok-", "dp-"):
+        name = name.removeprefix(prefix)
     extra = [f"fed.strategy=\"{name}\"", "fed.rounds=3", *(MOE if "moe-" in strategy else []),
-             *(LORA if "lora-" in strategy else []), *(["fed.k_auto=true"] if "autok-" in strategy else [])]
+             *(LORA if "lora-" in strategy else []), *(["fed.k_auto=true"] if "autok-" in strategy else []),
+             *(DP if "dp-" in strategy else [])]
     if strategy != "local":
         extra.append("fed.clients_per_round=2")
     if strategy.startswith("supervised"):  # BackCE + contrast: the region memory is rebuilt each round

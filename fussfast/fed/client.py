@@ -105,9 +105,10 @@ class Client:
                                                 generator, extra=self._client_terms(strategy, received, not two_phase))
                 teacher = _frozen(self.model.representation()) if two_phase else None  # the global model
             arrays = self.model.arrays()
-            self.strategy_state, control = strategy.client_finish(self.strategy_state, received, arrays,
-                                                                  steps=self.local_steps, lr=self.model.head_lr)
-            update = Update(self.name, {**strategy.shared(arrays), **control}, self.num_samples,
+            self.strategy_state, carried = strategy.client_finish(self.strategy_state, received, arrays,
+                                                                  steps=self.local_steps, lr=self.model.head_lr,
+                                                                  generator=generator)
+            update = Update(self.name, {**strategy.shared(arrays), **carried}, self.num_samples,
                             {"loss": sum(losses) / len(losses)})
             if two_phase:  # phase 2: the local groups only, distilled from the phase-1 global model
                 with self.model.phase(strategy.is_local):

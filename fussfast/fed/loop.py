@@ -109,13 +109,14 @@ class Federation:
         scores = self.evaluate() if scored_round(r, self.rounds, self.eval_every) else {}
         record = {"round": r, **scores, **screened, "seconds": time.perf_counter() - t}
         k = f" K̂ {screened['k_estimate']}" if "k_estimate" in screened else ""  # auto-K's estimate
+        dp = f", DP epsilon spent {record['dp']['epsilon']:.3g}" if "dp" in record else ""
         if scores:
             g = scores["global"]
             crf = f" (CRF: mIoU {g['crf']['miou']:.1f} Dice {g['crf']['dice']:.1f})" if "crf" in g else ""
             print(f"round {r}/{self.rounds}: global mIoU {g['miou']:.1f} Dice {g['dice']:.1f} "
-                  f"acc {g['acc']:.1f}{crf}{k}", file=sys.stderr)
+                  f"acc {g['acc']:.1f}{crf}{k}{dp}", file=sys.stderr)
         else:
-            print(f"round {r}/{self.rounds}: trained{k} (scored every {self.eval_every} rounds)", file=sys.stderr)
+            print(f"round {r}/{self.rounds}: trained{k} (scored every {self.eval_every} rounds){dp}", file=sys.stderr)
         return record
 
     def models(self) -> dict[str, LocalModel]:

@@ -44,7 +44,7 @@ class Server:
         for name, reply in replies.items():
             if isinstance(reply, Update):
                 losses[name] = reply.metrics.get("loss")
-                reason = check_update(reply, shared_now, **self.limits)
+                reason = check_update(reply, shared_now, **self.limits, noised=self.strategy.noised)
             else:
                 reason = reply
             if reason:
@@ -57,6 +57,8 @@ class Server:
                   "bytes": {name: {"down": size if name in replies else 0,
                                    "up": size if name in replies and name not in excluded else 0}
                             for name in (sites if sites is not None else replies)}}
+        if self.strategy.privacy is not None:  # spent by the uploads, whatever the screening kept
+            record["dp"] = self.strategy.privacy.record(r, len(shared_now[CENTROIDS]))
         if len(updates) < self.min_clients:
             raise TooFewUpdates(f"round {r}: only {len(updates)} usable client updates, fewer than "
                                 f"fed.min_clients={self.min_clients}: {excluded}", record)

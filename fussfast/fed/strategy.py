@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fussfast.fed.autok import estimate_k
+from fussfast.fed.privacy import CentroidPrivacy
 from fussfast.losses import moon_contrast
 from fussfast.ops import kmeans, maximin
 from fussfast.ops._boundary import METRICS, accumulation_dtype
@@ -59,12 +60,13 @@ class Update:
 
 
 def check_update(update: Update, current: dict[str, torch.Tensor], *, max_samples: int | None = None,
-                 max_ratio: float | None = None) -> str | None:
+                 max_ratio: float | None = None, noised: tuple[str, ...] = ()) -> str | None:
     """Why an update must be left out of the round, or None if it is usable: no samples or more
     than ``max_samples``, a non-finite loss, missing or extra arrays, another shape or dtype,
     NaN/Inf, or a change from ``current`` (the shared global arrays) whose norm exceeds
     ``max_ratio`` times the global arrays' norm (the model's arrays; ``CONTROL`` arrays are a
-    strategy's increments, screened for names, shapes, dtypes and finiteness only)."""
+    strategy's increments and ``noised`` arrays carry calibrated DP noise, both screened for names,
+    shapes, dtypes and finiteness only)."""
     name = update.client
     if not isinstance(update.num_samples, int) or update.num_samples <= 0:
         return f"{name}: no samples"
@@ -84,7 +86,7 @@ def check_update(update: Update, current: dict[str, torch.Tensor], *, max_sample
             return f"{name}: {key} is {value.dtype}, expected {current[key].dtype}"
         if not torch.isfinite(value).all():
             return f"{name}: {key} contains NaN or Inf"
-        if value.is_floating_point() and not key.startswith(CONTROL):  # a control array is not a model move
+        if value.is_floating_point() and not key.startswith(CONTROL) and key not in noised:  # not a model move
             change += float((value.double() - current[key].double()).square().sum())
             size += float(current[key].double().square().sum())
     if max_ratio is not None and math.sqrt(change) > max_ratio * max(math.sqrt(size), 1e-12):
@@ -99,6 +101,8 @@ class Strategy:
 
     name = "fedavg"
     code_terms = False  # whether client_contrast adds a term (clients then keep their previous head)
+    privacy: CentroidPrivacy | None = None  # DP of the centroid uploads (FedCC, fed.dp_epsilon)
+    noised: tuple[str, ...] = ()  # uploaded arrays that carry DP noise (left out of the update-ratio screening)
 
     def __init__(self, *, weighted: bool = True, local_params: tuple[str, ...] = (), num_clients: int = 1):
         self.weighted, self.local_params = weighted, tuple(local_params)
@@ -174,10 +178,12 @@ class Strategy:
         arguments as ``client_penalty``'s. None for FedAvg."""
 
     def client_finish(self, state: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
-                      end: dict[str, torch.Tensor], *, steps: int, lr: float):
+                      end: dict[str, torch.Tensor], *, steps: int, lr: float, generator: torch.Generator | None = None):
         """After ``steps`` local steps at learning rate ``lr`` from ``start`` (the arrays received)
-        to ``end`` (the model's arrays): the client's new strategy state and the ``CONTROL``
-        arrays its update carries. Nothing for FedAvg."""
+        to ``end`` (the model's arrays): the client's new strategy state and the arrays its update
+        carries on top of the model's shared ones (SCAFFOLD's ``CONTROL`` arrays; DP FedCC's noised
+        centroids, which replace the raw ones). ``generator``: the fit's seeded generator, for
+        noise. Nothing for FedAvg."""
         return state, {}
 
     def client_contrast(self, code, code_global, code_previous) -> torch.Tensor | None:
@@ -284,7 +290,8 @@ class FedCC(Strategy):
     training, so K̂ never rises again (it starts at k_max)."""
 
     def __init__(self, *, method: str = "kmeans", metric: str = "euclidean", seed: int = 0,
-                 auto_k: bool = False, k_min: int = 2, merge_silhouette: float = 0.5, **kwargs):
+                 auto_k: bool = False, k_min: int = 2, merge_silhouette: float = 0.5,
+                 privacy: CentroidPrivacy | None = None, **kwargs):
         super().__init__(**kwargs)
         if auto_k and any(self.is_local(n) for n in (CENTROIDS, ACTIVE)):
             raise ValueError("fedcc: auto-K (fed.k_auto) needs the centroids shared, not in fed.local_params")
@@ -295,11 +302,14 @@ class FedCC(Strategy):
             raise ValueError(f"fedcc: metric must be one of {CC_METRICS}, got {metric!r}")
         self.method, self.metric, self.seed = method, metric, seed
         self.name = f"fedcc-{method}"
+        self.privacy, self.noised = privacy, (CENTROIDS,) if privacy is not None else ()
 
     @classmethod
     def options(cls, fed, seed):
+        privacy = CentroidPrivacy(fed.dp_epsilon, fed.dp_delta, fed.dp_clip, fed.rounds, fed.dp_accountant) \
+            if fed.dp_epsilon > 0 else None
         return {**super().options(fed, seed), "metric": fed.cc_metric, "seed": seed, "auto_k": fed.k_auto,
-                "k_min": fed.k_min, "merge_silhouette": fed.k_merge_silhouette}
+                "k_min": fed.k_min, "merge_silhouette": fed.k_merge_silhouette, "privacy": privacy}
 
     def aggregate(self, round, updates, current):
         if not self.auto_k:
@@ -322,6 +332,15 @@ class FedCC(Strategy):
 
     def round_notes(self):
         return self.notes
+
+    def client_finish(self, state, start, end, *, steps, lr, generator=None):
+        """With ``privacy``: the site's upload carries its centroids clipped and noised
+        (``CentroidPrivacy.privatize``, from the fit's ``generator``)."""
+        if self.privacy is None or CENTROIDS not in end or self.is_local(CENTROIDS):
+            return state, {}
+        if generator is None:
+            raise ValueError(f"{self.name}: differentially private centroids need the fit's generator")
+        return state, {CENTROIDS: self.privacy.privatize(end[CENTROIDS], generator)}
 
     def combine_centroids(self, centroids, updates):
         K = centroids[0].shape[0]
@@ -388,7 +407,7 @@ class FedDyn(Strategy):
                 total = total - (state[name].to(p) * p).sum()
         return total
 
-    def client_finish(self, state, start, end, *, steps, lr):
+    def client_finish(self, state, start, end, *, steps, lr, generator=None):
         renewed = {}
         for name in self.corrected(end):
             g = state[name].double() if name in state else 0.0
@@ -447,7 +466,7 @@ class Scaffold(Strategy):
                 correction = correction - state[name].to(p)
             p.sub_(lr * correction)
 
-    def client_finish(self, state, start, end, *, steps, lr):
+    def client_finish(self, state, start, end, *, steps, lr, generator=None):
         renewed, deltas = {}, {}
         for name in self.corrected(end):
             c_i = state[name].double() if name in state else torch.zeros_like(end[name], dtype=torch.float64)
