@@ -132,6 +132,20 @@ class LocalModel:
             return {}
         return {f"{MOE}.{k}": v.detach().cpu().clone() for k, v in self.moe.state_dict().items()}
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer, by its name in the saved state."""
+        raise NotImplementedError
+
+    def _moe_optimizer(self) -> dict[str, torch.optim.Optimizer]:
+        return {MOE: self.moe_opt} if self.moe is not None else {}
+
+    def optimizer_states(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers().items()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        for name, opt in self.optimizers().items():
+            opt.load_state_dict(states[name])
+
     def _load_moe(self, arrays: dict[str, torch.Tensor]) -> None:
         given = {k.removeprefix(MOE + "."): v for k, v in arrays.items() if k.startswith(MOE + ".")}
         if given and self.moe is None:

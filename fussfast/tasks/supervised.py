@@ -59,13 +59,8 @@ class SupervisedModel(LocalModel):
             load_head(self.head, arrays, (*self.load_encoder(arrays), *(k for k in arrays if k.startswith(MOE + "."))))
             self._load_moe(arrays)
 
-    def optimizer_states(self) -> dict:
-        return {"head": self.opt.state_dict(), **({MOE: self.moe_opt.state_dict()} if self.moe is not None else {})}
-
-    def load_optimizer_states(self, states: dict) -> None:
-        self.opt.load_state_dict(states["head"])
-        if self.moe is not None:
-            self.moe_opt.load_state_dict(states[MOE])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"head": self.opt, **self._moe_optimizer()}
 
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
                     generator: torch.Generator, extra=None) -> list[float]:
@@ -107,7 +102,7 @@ class SupervisedModel(LocalModel):
                                                           memory, generator)
                 else:
                     loss = loss + self.contrast(embed, batch_labels, memory, generator)
-            optimizers = [self.opt, *([self.moe_opt] if self.moe is not None else [])]
+            optimizers = self.optimizers().values()
             for opt in optimizers:
                 opt.zero_grad()
             (loss + self.balance_term() + (extra(self.head, feats, embed) if extra else 0)).backward()

@@ -71,15 +71,8 @@ class SiteModel(LocalModel):
     def trained_parameters(self):
         return {**super().trained_parameters(), "centroids": self.probe.clusters}
 
-    def optimizer_states(self) -> dict:
-        states = {"head": self.head_opt.state_dict(), "probe": self.probe_opt.state_dict()}
-        return {**states, MOE: self.moe_opt.state_dict()} if self.moe is not None else states
-
-    def load_optimizer_states(self, states: dict) -> None:
-        self.head_opt.load_state_dict(states["head"])
-        self.probe_opt.load_state_dict(states["probe"])
-        if self.moe is not None:
-            self.moe_opt.load_state_dict(states[MOE])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"head": self.head_opt, "probe": self.probe_opt, **self._moe_optimizer()}
 
     def train_steps(self, data: FeatureSet, table: torch.Tensor, steps: int, batch_size: int,
                     generator: torch.Generator, extra=None) -> list[float]:
@@ -104,7 +97,7 @@ class SiteModel(LocalModel):
                 target = self.frozen_features(cached).float()  # as _fused_step
                 corr = self.loss(target[:len(idx)], code, target[len(idx):], code_pos, points=points)
             probe_loss, _ = self.probe(code.detach())
-            optimizers = [self.head_opt, self.probe_opt, *([self.moe_opt] if self.moe is not None else [])]
+            optimizers = self.optimizers().values()
             for opt in optimizers:
                 opt.zero_grad()
             extra_terms = extra(self.head, feats, code) if extra else 0
